@@ -1,0 +1,122 @@
+"""Stage 0, bars: 1-minute bars into the Parquet lake, and UTC daily bars into the warehouse."""
+
+import datetime as dt
+import time
+
+import dagster as dg
+import pandas as pd
+
+from regime_pipeline.checks.bars import DAILY_BAR_CHECK_SPECS, daily_bar_checks
+from regime_pipeline.configs import universe
+from regime_pipeline.core.bars import combine_daily, days_in
+from regime_pipeline.assets.metadata import plot_metadata
+from regime_pipeline.core.plots import plot_daily_bars
+from regime_pipeline.partitions import DAILY
+from regime_pipeline.resources.market_data import MarketData
+from regime_pipeline.resources.storage import ProjectStorage
+
+GROUP = "bars"
+
+
+def window_days(context: dg.AssetExecutionContext) -> tuple[dt.date, dt.date]:
+    """The run's UTC days as ``[start, end)``, for one partition or a single-run range."""
+    window = context.partition_time_window
+    return window.start.date(), window.end.date()
+
+
+class MinuteBarsConfig(dg.Config):
+    refetch: bool = False
+    """Download days already in the lake again. Closed 1-minute candles never change, so by
+    default a stored day is kept and ingestion resumes at the first day not stored."""
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=DAILY,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"parquet", "duckdb"},
+)
+def minute_bars(
+    context: dg.AssetExecutionContext, config: MinuteBarsConfig, market_data: MarketData, storage: ProjectStorage
+) -> dg.MaterializeResult:
+    """1-minute Binance OHLCV in the hive-partitioned Parquet lake (``lake/minute_bars/symbol=/date=``).
+
+    Only complete UTC days are stored, one file per (symbol, day), each written as soon as it
+    is fetched: an interrupted ingestion resumes where it stopped. Days the source has no
+    minutes for (the embedded data has a 2021 window) are simply absent; `daily_bars` then
+    uses the exchange's daily klines.
+    """
+    start, end = window_days(context)
+    source = market_data.open(log=context.log)
+    lake = storage.lake()
+    stored = lake.stored_days()
+    stored_keys = set(zip(stored["symbol"], stored["date"]))
+    written: dict[str, int] = {}
+    rows = kept = 0
+    began = time.monotonic()
+    for symbol in universe().symbols:
+        todo = [d for d in days_in(start, end) if config.refetch or (symbol, d) not in stored_keys]
+        kept += (end - start).days - len(todo)
+        if not todo:
+            continue
+        for day, minutes in source.minute_days(symbol, todo[0], end):
+            if not config.refetch and (symbol, day) in stored_keys:
+                continue
+            lake.write_day(symbol, day, minutes)
+            written[symbol] = written.get(symbol, 0) + 1
+            rows += len(minutes)
+        if written.get(symbol):
+            context.log.info(f"{symbol}: {written[symbol]} days of 1-minute bars stored")
+    context.log.info(f"minute_bars: {rows} rows in {sum(written.values())} days, {time.monotonic() - began:.1f}s")
+    table = pd.DataFrame({"symbol": list(written), "days_written": list(written.values())})
+    return dg.MaterializeResult(
+        metadata={
+            "source": market_data.source,
+            "rows_written": rows,
+            "days_written": sum(written.values()),
+            "days_already_stored": kept,
+            "lake": dg.MetadataValue.path(str(lake.root)),
+            "by_symbol": dg.MetadataValue.md(table.to_markdown(index=False) if len(table) else "no minutes in this range"),
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=DAILY,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[minute_bars],
+    check_specs=DAILY_BAR_CHECK_SPECS,
+    metadata={"partition_expr": "date"},
+    kinds={"duckdb"},
+    pool="warehouse",
+)
+def daily_bars(context: dg.AssetExecutionContext, market_data: MarketData, storage: ProjectStorage):
+    """UTC daily OHLCV per asset, one row per (date, symbol) for every listed asset.
+
+    Aggregated in DuckDB from the lake's 1-minute bars where a complete minute day exists,
+    else the source's own daily kline; `source` says which and `n_minutes` how many minutes
+    a bar was built from. Assets are absent before their listing day, never filled.
+    """
+    start, end = window_days(context)
+    source = market_data.open(log=context.log)
+    symbols = universe().symbols
+    klines = source.daily_klines(symbols, start, end)
+    minute_daily = storage.lake().daily_aggregate(start, end, symbols)
+    bars = combine_daily(minute_daily, klines)
+    context.log.info(
+        f"daily_bars {start}..{end - dt.timedelta(days=1)}: {len(bars)} bars "
+        f"({int((bars['source'] == 'minutes').sum())} from minutes, {int((bars['source'] == 'klines').sum())} from klines)"
+    )
+    last = end - dt.timedelta(days=1)
+    metadata = {
+        "first_date": str(start),
+        "last_date": str(last),
+        "bars_from_minutes": int((bars["source"] == "minutes").sum()),
+        "bars_from_klines": int((bars["source"] == "klines").sum()),
+        "symbols": int(bars["symbol"].nunique()),
+    }
+    if not bars.empty:
+        metadata.update(plot_metadata(plot_daily_bars(bars, f"daily bars {start} .. {last}"), storage, "daily_bars", start, end))
+    yield dg.Output(bars, metadata=metadata)
+    yield from daily_bar_checks(bars, minute_daily, klines, start, end)

@@ -1,0 +1,58 @@
+"""Matplotlib figures rendered as base64 PNG inside markdown, for Dagster asset metadata."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display in workers or CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def figure_to_markdown(fig: plt.Figure, alt: str = "plot") -> str:
+    """Encode `fig` as an inline PNG markdown image and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return f"![{alt}](data:image/png;base64,{encoded})"
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write `fig` as a PNG at `path` (parents created) and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_daily_bars(bars: pd.DataFrame, title: str) -> plt.Figure:
+    """Two panels: close prices rebased to 1 at each symbol's first day (log scale), and the
+    source of each (symbol, day) bar: from minutes, from the exchange's daily kline, or none."""
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 7), gridspec_kw={"height_ratios": [3, 2]}, constrained_layout=True
+    )
+    closes = bars.pivot(index="date", columns="symbol", values="close").sort_index()
+    for symbol in closes.columns:
+        series = closes[symbol].dropna()
+        if not series.empty:
+            top.plot(series.index, series / series.iloc[0], lw=0.9, label=symbol.removesuffix("USDT"))
+    top.set_yscale("log")
+    top.set_ylabel("close / first close")
+    top.set_title(title)
+    top.legend(ncol=7, fontsize=7, loc="upper left")
+
+    code = bars.assign(code=np.where(bars["source"] == "minutes", 2, 1))
+    grid = code.pivot(index="symbol", columns="date", values="code").fillna(0)
+    cmap = matplotlib.colors.ListedColormap(["#eeeeee", "#4c72b0", "#dd8452"])
+    bottom.imshow(grid.to_numpy(), aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=2)
+    bottom.set_yticks(range(len(grid.index)), [s.removesuffix("USDT") for s in grid.index], fontsize=7)
+    ticks = np.linspace(0, len(grid.columns) - 1, num=min(8, len(grid.columns))).astype(int)
+    bottom.set_xticks(ticks, [str(grid.columns[i]) for i in ticks], fontsize=7)
+    bottom.set_title("bar source: grey = no bar (not listed), blue = daily kline, orange = 1-minute bars", fontsize=8)
+    return fig

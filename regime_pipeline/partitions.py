@@ -1,0 +1,22 @@
+"""Partitions of the asset graph, and the split windows they are derived from.
+
+The single source of truth: every asset, job and schedule imports its partitions from
+here, and the split windows come from ``configs/splits.yaml``.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from regime_pipeline.configs import history_start, splits
+
+# One partition per UTC day from the first Binance spot USDT candle.
+DAILY = dg.DailyPartitionsDefinition(start_date=history_start().isoformat(), timezone="UTC")
+
+# Monday weeks, UTC: one rebalance a week.
+WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2018-01-01", day_offset=1, timezone="UTC")
+
+# The evaluation unit of the study. A date belongs to exactly one split, so a
+# date-by-split grid would be three quarters empty; split assets are their own axis.
+SPLIT_NAMES = list(splits())
+SPLIT = dg.StaticPartitionsDefinition(SPLIT_NAMES)

@@ -1,0 +1,38 @@
+"""Dagster resources: storage, the DuckDB warehouse IO manager, market data sources.
+
+:func:`build_resources` is the one place resources are assembled, for the code location
+(from environment variables) and for tests (from arguments).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from regime_pipeline.configs import PROJECT_ROOT
+from regime_pipeline.resources.market_data import MarketData
+from regime_pipeline.resources.storage import ProjectStorage
+from regime_pipeline.resources.warehouse import DuckDBTableIOManager
+
+
+def default_data_dir() -> str:
+    """``$REGIME_DATA_DIR``, else ``data/`` in the project root."""
+    return os.environ.get("REGIME_DATA_DIR") or str(PROJECT_ROOT / "data")
+
+
+def market_data_from_env() -> MarketData:
+    """The `market_data` resource as selected by ``REGIME_MARKET_DATA`` (default ``embedded``)."""
+    return MarketData(
+        source=os.environ.get("REGIME_MARKET_DATA", "embedded"),
+        files_dir=os.environ.get("REGIME_FILES_DIR", ""),
+        api_url=os.environ.get("REGIME_BINANCE_API_URL", ""),
+    )
+
+
+def build_resources(data_dir: str | None = None, market_data: MarketData | None = None) -> dict[str, Any]:
+    storage = ProjectStorage(data_dir=data_dir or default_data_dir())
+    return {
+        "io_manager": DuckDBTableIOManager(database=storage.warehouse),
+        "storage": storage,
+        "market_data": market_data or market_data_from_env(),
+    }

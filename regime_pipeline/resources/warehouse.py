@@ -1,0 +1,175 @@
+"""DuckDB IO manager: each partition of an asset is a slice of one table, replaced atomically.
+
+Unlike a plain delete-then-insert, the delete and the insert run in one transaction, so a
+failed write leaves the slice as it was. Columns are inserted by name (a reordered frame
+cannot shuffle values), a new column is added to an existing table, and rows outside the
+partition being written are refused (they would survive the next re-run's delete and
+break idempotency). Reads come back ordered by the partition column.
+
+An asset declares how its partitions map to rows with ``metadata={"partition_expr": "date"}``
+(a ``DATE``/``TIMESTAMP`` column for time partitions, a text column for static ones).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pandas as pd
+
+from regime_pipeline.core.lake import duckdb_connect
+
+
+@contextmanager
+def connect(database: str, read_only: bool = False, wait_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open `database`, waiting while another process holds its write lock."""
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        try:
+            con = duckdb_connect(database, read_only=read_only)
+            break
+        except duckdb.IOException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    found = con.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
+    ).fetchone()
+    return found is not None
+
+
+def _slice(context: dg.OutputContext | dg.InputContext, expr: str | None) -> tuple[str, list[Any], str]:
+    """SQL condition, parameters and a description of the partitions in `context`."""
+    if not context.has_asset_partitions:
+        return "TRUE", [], "all rows"
+    if expr is None:
+        raise dg.DagsterInvariantViolationError(
+            f"asset {context.asset_key.to_user_string()} is partitioned but has no "
+            "'partition_expr' metadata naming the column its partitions are stored in"
+        )
+    if isinstance(context.asset_partitions_def, dg.TimeWindowPartitionsDefinition):
+        window = context.asset_partitions_time_window
+        start, end = window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
+        return f"{expr} >= ? AND {expr} < ?", [start, end], f"{expr} in [{start:%Y-%m-%d}, {end:%Y-%m-%d})"
+    keys = sorted(context.asset_partition_keys)
+    return f"{expr} IN ({', '.join('?' for _ in keys)})", list(keys), f"{expr} in {keys}"
+
+
+def _outside_slice(frame: pd.DataFrame, context: dg.OutputContext, expr: str) -> pd.DataFrame:
+    column = frame[expr]
+    if isinstance(context.asset_partitions_def, dg.TimeWindowPartitionsDefinition):
+        window = context.asset_partitions_time_window
+        values = pd.to_datetime(column)
+        start = pd.Timestamp(window.start).tz_localize(None)
+        end = pd.Timestamp(window.end).tz_localize(None)
+        return frame.loc[(values < start) | (values >= end)]
+    return frame.loc[~column.isin(context.asset_partition_keys)]
+
+
+class DuckDBTableIOManager(dg.ConfigurableIOManager):
+    """Stores pandas DataFrames as DuckDB tables named after the asset (``<schema>.<asset>``)."""
+
+    database: str
+    db_schema: str = "main"
+
+    def _table(self, context: dg.OutputContext | dg.InputContext) -> str:
+        return context.asset_key.path[-1]
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        if obj is None:
+            return
+        if not isinstance(obj, pd.DataFrame):
+            raise TypeError(f"{type(self).__name__} stores pandas DataFrames, got {type(obj).__name__}")
+        table = self._table(context)
+        expr = context.definition_metadata.get("partition_expr")
+        where, params, description = _slice(context, expr)
+        if context.has_asset_partitions and not obj.empty:
+            stray = _outside_slice(obj, context, expr)
+            if not stray.empty:
+                raise ValueError(
+                    f"{table}: {len(stray)} rows fall outside the partitions being written "
+                    f"({description}), e.g. {expr}={stray[expr].iloc[0]!r}"
+                )
+        qualified = f"{self.db_schema}.{table}"
+        with connect(self.database) as con:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.db_schema}")
+            con.register("frame", obj)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if not table_exists(con, self.db_schema, table):
+                    if obj.empty:
+                        con.execute("ROLLBACK")
+                        context.log.info(f"{qualified}: nothing to store for {description}")
+                        return
+                    con.execute(f"CREATE TABLE {qualified} AS SELECT * FROM frame LIMIT 0")
+                self._add_new_columns(con, qualified, table)
+                deleted = con.execute(f"DELETE FROM {qualified} WHERE {where}", params).fetchone()[0]
+                if not obj.empty:
+                    con.execute(f"INSERT INTO {qualified} BY NAME SELECT * FROM frame")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("frame")
+        context.add_output_metadata(
+            {
+                "table": qualified,
+                "slice": description,
+                "rows": len(obj),
+                "replaced_rows": int(deleted),
+                "columns": dg.MetadataValue.table_schema(
+                    dg.TableSchema(columns=[dg.TableColumn(str(n), str(t)) for n, t in obj.dtypes.items()])
+                ),
+            }
+        )
+
+    def _add_new_columns(self, con: duckdb.DuckDBPyConnection, qualified: str, table: str) -> None:
+        existing = {
+            row[0]
+            for row in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+                [self.db_schema, table],
+            ).fetchall()
+        }
+        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM frame)").fetchall())
+        for column, sql_type in types.items():
+            if column not in existing:
+                con.execute(f'ALTER TABLE {qualified} ADD COLUMN "{column}" {sql_type}')
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        upstream = context.upstream_output
+        table = self._table(context)
+        expr = upstream.definition_metadata.get("partition_expr") if upstream is not None else None
+        if context.has_asset_partitions and not context.asset_partition_keys:
+            return pd.DataFrame()
+        where, params, _ = _slice(context, expr)
+        order = f" ORDER BY {expr}" if expr else ""
+        with connect(self.database) as con:
+            if not table_exists(con, self.db_schema, table):
+                raise dg.DagsterInvariantViolationError(
+                    f"table {self.db_schema}.{table} does not exist in {self.database}: "
+                    f"materialize {context.asset_key.to_user_string()} first"
+                )
+            return con.execute(f"SELECT * FROM {self.db_schema}.{table} WHERE {where}{order}", params).df()
+
+
+def read_table(database: str, table: str, where: str = "TRUE", params: Sequence[Any] = (), schema: str = "main") -> pd.DataFrame:
+    """Read rows of a warehouse table outside Dagster (the CLI summary, notebooks, tests)."""
+    with connect(database) as con:
+        return con.execute(f"SELECT * FROM {schema}.{table} WHERE {where}", list(params)).df()

@@ -1,0 +1,45 @@
+"""Shared fixtures: a throw-away data directory and a Dagster instance per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from regime_pipeline.configs import PROJECT_ROOT
+
+EMBEDDED = PROJECT_ROOT / "data" / "embedded"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """An empty project data directory (lake, warehouse, models) for one test."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def instance() -> dg.DagsterInstance:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def materialize_range(assets, first: str, last: str, resources: dict, instance: dg.DagsterInstance, **kwargs):
+    """Materialize daily-partitioned `assets` over ``first..last`` (inclusive) in one run,
+    as a single-run backfill or ``--partition-range`` does."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    return dg.materialize(
+        assets,
+        resources=resources,
+        instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+        **kwargs,
+    )
+
+
+def check_results(result) -> dict[str, bool]:
+    """``{check_name: passed}`` for every asset check evaluated in `result`."""
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}

@@ -1,0 +1,134 @@
+"""`minute_bars` and `daily_bars` materialized in-process on the real embedded data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from regime_pipeline.assets.bars import daily_bars, minute_bars
+from regime_pipeline.configs import universe
+from regime_pipeline.core.errors import DataError
+from regime_pipeline.core.lake import MinuteLake
+from regime_pipeline.definitions import defs
+from regime_pipeline.resources import build_resources
+from regime_pipeline.resources.market_data import MarketData
+from regime_pipeline.resources.warehouse import read_table
+from regime_pipeline_tests.conftest import EMBEDDED, check_results, materialize_range
+
+BARS = [minute_bars, daily_bars]
+
+
+def _bars(data_dir: Path) -> pd.DataFrame:
+    frame = read_table(str(data_dir / "warehouse.duckdb"), "daily_bars")
+    frame["date"] = pd.to_datetime(frame["date"]).dt.date
+    return frame.sort_values(["date", "symbol"]).reset_index(drop=True)
+
+
+@pytest.fixture
+def resources(data_dir: Path) -> dict:
+    return build_resources(str(data_dir), MarketData(source="embedded"))
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    for key in ("minute_bars", "daily_bars"):
+        assert defs.resolve_assets_def(key).backfill_policy == dg.BackfillPolicy.single_run()
+
+
+def test_minute_window_builds_daily_bars_that_match_the_exchange(resources, data_dir, instance):
+    result = materialize_range(BARS, "2021-09-15", "2021-10-20", resources, instance)
+    assert result.success
+    assert all(check_results(result).values()), check_results(result)
+
+    bars = _bars(data_dir)
+    btc = bars[bars.symbol == "BTCUSDT"].set_index("date")
+    from_minutes = btc.index[btc.source == "minutes"]
+    # The raw window is 2021-09-17 22:23 .. 2021-10-17 22:21: its first and last days are partial.
+    assert min(from_minutes) == dt.date(2021, 9, 18) and max(from_minutes) == dt.date(2021, 10, 16)
+    assert len(from_minutes) == 29
+    assert btc.loc[dt.date(2021, 9, 17), "source"] == "klines"
+    # The real maintenance gap 07:00-08:59 leaves 1,320 bars, and the day is still exact.
+    assert btc.loc[dt.date(2021, 9, 29), "n_minutes"] == 1320
+    klines = pd.read_parquet(EMBEDDED / "daily_klines.parquet")
+    klines["date"] = pd.to_datetime(klines["date"]).dt.date
+    merged = bars.merge(klines, on=["symbol", "date"], suffixes=("", "_k"))
+    assert len(merged) == len(bars)
+    for column in ("open", "high", "low", "close"):
+        assert (merged[column] == merged[f"{column}_k"]).all(), column
+    assert ((merged.volume - merged.volume_k).abs() <= 1e-9 * merged.volume_k).all()
+    evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "minutes_match_klines")
+    assert evaluation.metadata["days_compared"].value == 8 * 29 + 1  # AVAX's window runs a day longer
+
+
+def test_late_listings_are_absent_not_filled(resources, data_dir, instance):
+    assert materialize_range(BARS, "2020-08-01", "2020-09-30", resources, instance).success
+    bars = _bars(data_dir)
+    first = bars.groupby("symbol").date.min()
+    assert first["SOLUSDT"] == dt.date(2020, 8, 11)
+    assert first["DOTUSDT"] == dt.date(2020, 8, 18)
+    assert first["AVAXUSDT"] == dt.date(2020, 9, 22)
+    assert first["BTCUSDT"] == dt.date(2020, 8, 1)
+    assert not bars[["open", "high", "low", "close", "volume"]].isna().any().any()
+    per_day = bars.groupby("date").symbol.nunique()
+    assert per_day[dt.date(2020, 8, 1)] == 10 and per_day[dt.date(2020, 9, 30)] == 13
+
+
+def test_rematerializing_is_idempotent(resources, data_dir, instance):
+    assert materialize_range(BARS, "2021-09-25", "2021-10-05", resources, instance).success
+    before = _bars(data_dir)
+    lake_before = sorted(p.stat().st_size for p in (data_dir / "lake").rglob("*.parquet"))
+    assert materialize_range(BARS, "2021-09-25", "2021-10-05", resources, instance).success
+    pd.testing.assert_frame_equal(before, _bars(data_dir))
+    assert sorted(p.stat().st_size for p in (data_dir / "lake").rglob("*.parquet")) == lake_before
+    # A neighbouring range adds its own rows and leaves these alone.
+    assert materialize_range(BARS, "2021-10-06", "2021-10-07", resources, instance).success
+    after = _bars(data_dir)
+    assert len(after) == len(before) + 2 * 13
+    pd.testing.assert_frame_equal(after[after.date <= dt.date(2021, 10, 5)].reset_index(drop=True), before)
+
+
+def test_one_partition_can_be_materialized_alone(resources, data_dir, instance):
+    result = dg.materialize(BARS, resources=resources, instance=instance, partition_key="2024-02-29")
+    assert result.success
+    bars = _bars(data_dir)
+    assert list(bars.date.unique()) == [dt.date(2024, 2, 29)]
+    assert sorted(bars.symbol) == sorted(universe().symbols)
+
+
+def test_bad_input_fails_naming_the_file_and_keeps_stored_bars(data_dir, instance, tmp_path):
+    good = build_resources(str(data_dir), MarketData(source="embedded"))
+    assert materialize_range(BARS, "2021-09-28", "2021-09-30", good, instance).success
+    stored = _bars(data_dir)
+    lake_days = MinuteLake(data_dir / "lake" / "minute_bars").stored_days()
+
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    # A day not stored yet (stored days are kept, not fetched again); high < low on line 1.
+    row = "1632700800000,41000.0,40000.0,41500.0,41100.0,12.5,1632700859999,0,10,0,0,0\n"
+    (folder / "BTCUSDT-1m-2021-09-27.csv").write_text(row)
+    bad = build_resources(str(data_dir), MarketData(source="binance_files", files_dir=str(folder)))
+    with pytest.raises(DataError, match=r"BTCUSDT-1m-2021-09-27\.csv, row 1.*high") as info:
+        materialize_range(BARS, "2021-09-27", "2021-09-30", bad, instance, selection=["minute_bars"])
+    assert "high < low" in str(info.value)
+    pd.testing.assert_frame_equal(stored, _bars(data_dir))
+    pd.testing.assert_frame_equal(lake_days, MinuteLake(data_dir / "lake" / "minute_bars").stored_days())
+
+
+def test_a_tampered_minute_fails_the_blocking_reconciliation(resources, data_dir, instance):
+    assert materialize_range([minute_bars], "2021-10-01", "2021-10-01", resources, instance).success
+    lake = MinuteLake(data_dir / "lake" / "minute_bars")
+    minutes = lake.read(dt.date(2021, 10, 1), dt.date(2021, 10, 2), ["ETHUSDT"])
+    minutes.loc[100, "volume"] += 1.0
+    lake.write_day("ETHUSDT", dt.date(2021, 10, 1), minutes.drop(columns="symbol"))
+
+    result = materialize_range([daily_bars], "2021-10-01", "2021-10-01", resources, instance, raise_on_error=False)
+    checks = check_results(result)
+    assert checks["minutes_match_klines"] is False
+    assert all(passed for name, passed in checks.items() if name != "minutes_match_klines")
+    evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "minutes_match_klines")
+    assert evaluation.metadata["violations"].value == 1
+    assert "ETHUSDT" in evaluation.metadata["examples"].value

@@ -1,0 +1,138 @@
+"""Bar validation, complete-day rules and daily aggregation, on real Binance minutes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from regime_pipeline.core.bars import (
+    aggregate_minutes_pandas,
+    combine_daily,
+    complete_days,
+    epoch_to_timestamp,
+    to_numeric,
+    validate_ohlcv,
+)
+from regime_pipeline.core.errors import DataError
+from regime_pipeline.core.lake import MinuteLake
+from regime_pipeline.core.sources.embedded import EmbeddedSource
+from regime_pipeline_tests.conftest import EMBEDDED
+
+
+@pytest.fixture(scope="module")
+def source() -> EmbeddedSource:
+    return EmbeddedSource(EMBEDDED / "daily_klines.parquet", EMBEDDED / "minute_bars.parquet")
+
+
+def test_complete_days_drop_partial_ends_and_keep_gap_days(source):
+    days = dict(source.minute_days("BTCUSDT", dt.date(2021, 9, 1), dt.date(2021, 11, 1)))
+    assert min(days) == dt.date(2021, 9, 18) and max(days) == dt.date(2021, 10, 16)
+    assert len(days[dt.date(2021, 9, 29)]) == 1320
+    assert all(len(m) == 1440 for d, m in days.items() if d != dt.date(2021, 9, 29))
+    gap = days[dt.date(2021, 9, 29)]["open_time"]
+    assert not ((gap >= "2021-09-29 07:00") & (gap < "2021-09-29 09:00")).any()
+
+
+def test_complete_days_needs_the_whole_day_covered():
+    times = pd.date_range("2024-01-01 00:00", "2024-01-03 23:59", freq="min")
+    frame = pd.DataFrame({"open_time": times.astype("datetime64[ms]"), "open": 1.0})
+    covered = [d for d, _ in complete_days(frame, pd.Timestamp("2024-01-01 00:01"), pd.Timestamp("2024-01-04"))]
+    assert covered == [dt.date(2024, 1, 2), dt.date(2024, 1, 3)]
+    covered = [d for d, _ in complete_days(frame, pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-03 23:59"))]
+    assert covered == [dt.date(2024, 1, 1), dt.date(2024, 1, 2)]
+
+
+def test_duckdb_aggregation_equals_pandas_and_exchange_klines(tmp_path, source):
+    lake = MinuteLake(tmp_path / "lake")
+    minutes = []
+    for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
+        for day, frame in source.minute_days(symbol, dt.date(2021, 9, 25), dt.date(2021, 10, 3)):
+            lake.write_day(symbol, day, frame)
+            minutes.append(frame.assign(symbol=symbol))
+    duck = lake.daily_aggregate(dt.date(2021, 9, 25), dt.date(2021, 10, 3))
+    ref = aggregate_minutes_pandas(pd.concat(minutes, ignore_index=True))
+    merged = duck.merge(ref, on=["symbol", "date"], suffixes=("", "_pd"))
+    assert len(merged) == len(duck) == len(ref) == 3 * 8
+    for column in ("open", "high", "low", "close", "n_minutes"):
+        assert (merged[column] == merged[f"{column}_pd"]).all(), column
+    np.testing.assert_allclose(merged["volume"], merged["volume_pd"], rtol=1e-12)
+    klines = source.daily_klines(["BTCUSDT", "ETHUSDT", "SOLUSDT"], dt.date(2021, 9, 25), dt.date(2021, 10, 3))
+    exact = duck.merge(klines, on=["symbol", "date"], suffixes=("", "_k"))
+    for column in ("open", "high", "low", "close"):
+        assert (exact[column] == exact[f"{column}_k"]).all(), column
+    # Only the range asked for, and only the symbols asked for.
+    assert set(lake.daily_aggregate(dt.date(2021, 9, 29), dt.date(2021, 9, 30), ["ETHUSDT"]).date) == {dt.date(2021, 9, 29)}
+
+
+def test_combine_prefers_minutes_and_labels_the_source():
+    day = dt.date(2024, 1, 1)
+    klines = pd.DataFrame(
+        [("BTCUSDT", day, 1.0, 2.0, 0.5, 1.5, 10.0), ("ETHUSDT", day, 3.0, 4.0, 2.5, 3.5, 20.0)],
+        columns=["symbol", "date", "open", "high", "low", "close", "volume"],
+    )
+    minutes = pd.DataFrame([("BTCUSDT", day, 1.1, 2.1, 0.6, 1.6, 11.0, 1440)], columns=[*klines.columns, "n_minutes"])
+    out = combine_daily(minutes, klines).set_index("symbol")
+    assert out.loc["BTCUSDT", "source"] == "minutes" and out.loc["BTCUSDT", "open"] == 1.1
+    assert out.loc["BTCUSDT", "n_minutes"] == 1440
+    assert out.loc["ETHUSDT", "source"] == "klines" and pd.isna(out.loc["ETHUSDT", "n_minutes"])
+
+
+def _bars(**changes) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "symbol": ["BTCUSDT"] * 3,
+            "open_time": pd.to_datetime(["2024-01-01 00:00", "2024-01-01 00:01", "2024-01-01 00:02"]),
+            "open": [10.0, 11.0, 12.0],
+            "high": [11.0, 12.0, 13.0],
+            "low": [9.0, 10.0, 11.0],
+            "close": [11.0, 12.0, 12.5],
+            "volume": [1.0, 2.0, 3.0],
+            "_row": [5, 6, 7],
+        }
+    )
+    for column, (i, value) in changes.items():
+        frame.loc[i, column] = value
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("change", "message", "row", "field"),
+    [
+        ({"high": (1, 9.5)}, "high < low", 6, "high"),
+        ({"low": (2, 12.8)}, "low > min", 7, "low"),
+        ({"open": (0, 0.0)}, "not positive", 5, "open"),
+        ({"volume": (2, -1.0)}, "negative", 7, "volume"),
+        ({"open_time": (2, pd.Timestamp("2024-01-01 00:01"))}, "duplicate open_time", 7, "open_time"),
+    ],
+)
+def test_validation_names_row_and_field(change, message, row, field):
+    with pytest.raises(DataError, match=message) as info:
+        validate_ohlcv(_bars(**change), "f.csv", "open_time")
+    assert (info.value.row, info.value.field, info.value.source) == (row, field, "f.csv")
+    assert str(info.value).startswith(f"f.csv, row {row}, field '{field}'")
+
+
+def test_duplicate_error_names_the_first_occurrence():
+    with pytest.raises(DataError, match=r"first seen at row 6"):
+        validate_ohlcv(_bars(open_time=(2, pd.Timestamp("2024-01-01 00:01"))), "f.csv", "open_time")
+
+
+def test_non_numeric_field_is_named():
+    frame = _bars().astype({"close": object})
+    frame.loc[1, "close"] = "12,0"
+    with pytest.raises(DataError, match=r"f\.csv, row 6, field 'close': not a finite number: '12,0'"):
+        to_numeric(frame, ["open", "high", "low", "close", "volume"], "f.csv")
+
+
+def test_epoch_units_ms_and_us_decode_alike_and_seconds_are_refused():
+    ms = pd.Series([1735689600000, 1735689660000])
+    us = ms * 1000
+    pd.testing.assert_series_equal(epoch_to_timestamp(ms, "f", "open_time"), epoch_to_timestamp(us, "f", "open_time"))
+    assert epoch_to_timestamp(ms, "f", "open_time").iloc[0] == pd.Timestamp("2025-01-01")
+    with pytest.raises(DataError, match=r"row 2, field 'open_time'.*looks like seconds"):
+        epoch_to_timestamp(pd.Series([1735689600000, 1735689660]), "f", "open_time")
+    with pytest.raises(DataError, match=r"looks like nanoseconds"):
+        epoch_to_timestamp(pd.Series([1735689600000 * 10**6]), "f", "open_time")
