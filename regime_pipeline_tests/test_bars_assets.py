@@ -132,3 +132,40 @@ def test_a_tampered_minute_fails_the_blocking_reconciliation(resources, data_dir
     evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "minutes_match_klines")
     assert evaluation.metadata["violations"].value == 1
     assert "ETHUSDT" in evaluation.metadata["examples"].value
+
+
+@pytest.fixture
+def fake_binance():
+    from regime_pipeline_tests.fake_binance import FakeBinance
+
+    minutes = pd.read_parquet(EMBEDDED / "minute_bars.parquet")
+    minutes["open_time"] = minutes["open_time"].astype("datetime64[ms]")
+    daily = pd.read_parquet(EMBEDDED / "daily_klines.parquet")
+    daily["date"] = pd.to_datetime(daily["date"]).dt.date
+    with FakeBinance(minutes=minutes, daily=daily) as server:
+        yield server
+
+
+def test_live_source_ingests_resumes_after_a_failure_and_reconciles(data_dir, instance, fake_binance):
+    from regime_pipeline.core.sources.ccxt_source import FetchError
+    from regime_pipeline_tests.fake_binance import Scripted, unavailable
+
+    resources = build_resources(str(data_dir), MarketData(source="ccxt", api_url=fake_binance.url, max_retries=0))
+    # BTCUSDT comes first: its first two days (two pages each) arrive, then Binance fails.
+    fake_binance.script("/api/v3/klines", *[Scripted()] * 4, unavailable())
+    with pytest.raises(FetchError, match=r"BTCUSDT.*1 attempt"):
+        materialize_range([minute_bars], "2021-09-20", "2021-09-23", resources, instance)
+    lake = MinuteLake(data_dir / "lake" / "minute_bars")
+    assert lake.stored_days()["date"].tolist() == [dt.date(2021, 9, 20), dt.date(2021, 9, 21)]
+
+    before = len(fake_binance.requests_to("/api/v3/klines"))
+    result = materialize_range(BARS, "2021-09-20", "2021-09-23", resources, instance)
+    assert result.success and all(check_results(result).values())
+    resumed = fake_binance.requests_to("/api/v3/klines")[before]
+    assert resumed.params["symbol"] == "BTCUSDT" and resumed.params["interval"] == "1m"
+    assert int(resumed.params["startTime"]) == int(pd.Timestamp("2021-09-22").value // 10**6)
+
+    bars = _bars(data_dir)
+    assert (bars[bars.symbol.isin(["BTCUSDT", "ETHUSDT", "AVAXUSDT"])].source == "minutes").all()
+    assert (bars[bars.symbol == "BNBUSDT"].source == "klines").all()
+    assert len(bars) == 4 * 13

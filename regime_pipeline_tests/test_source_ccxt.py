@@ -341,3 +341,11 @@ def test_fake_klines_follow_binance_rules(fake: FakeBinance) -> None:
     assert _get(f"{fake.url}{KLINES}?symbol=NOPE&interval=1m") == (400, {"code": -1121, "msg": "Invalid symbol."})
     assert _get(f"{fake.url}/api/v3/ping") == (200, {})
     assert [r.path for r in fake.requests][-1] == "/api/v3/ping"
+
+
+def test_a_ban_longer_than_max_wait_fails_at_once_instead_of_hanging(fake, sleeps):
+    fake.script(KLINES, rate_limited(retry_after_s=7200, status=418))
+    source = make_source(fake, sleeps, max_wait_s=600)
+    with pytest.raises(FetchError, match=r"asks to wait 7200s"):
+        source.daily_klines(["BTCUSDT"], dt.date(2021, 9, 20), dt.date(2021, 9, 22))
+    assert sleeps == []

@@ -191,6 +191,8 @@ class CcxtSource:
     :param backoff_base_s: first backoff in seconds; doubles with every retry
     :param backoff_max_s: ceiling of the backoff in seconds (a server's ``Retry-After`` is
         honoured as given, even if longer)
+    :param max_wait_s: longest single wait accepted; a ``Retry-After`` beyond it (an IP ban)
+        fails the request at once with the wait it asked for
     :param page_limit: candles per request, 1..1000
     :param timeout_ms: HTTP timeout of a default-built exchange, in milliseconds
     :param sleep: called with seconds to wait between retries (inject a recorder in tests)
@@ -209,6 +211,7 @@ class CcxtSource:
         max_retries: int = 5,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 60.0,
+        max_wait_s: float = 600.0,
         page_limit: int = MAX_PAGE_LIMIT,
         timeout_ms: int = 10_000,
         sleep: Callable[[float], None] = time.sleep,
@@ -230,6 +233,7 @@ class CcxtSource:
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.max_wait_s = max_wait_s
         self.page_limit = page_limit
         self.sleep = sleep
         self.now = now
@@ -357,6 +361,13 @@ class CcxtSource:
                         KLINES_ENDPOINT, symbol, interval, first, last, attempts, reason, retryable=retryable
                     ) from exc
                 delay = self._delay_s(exc, attempts)
+                if delay > self.max_wait_s:
+                    # A 418 ban can ask for hours: fail now and say so, rather than hang a run.
+                    raise FetchError(
+                        KLINES_ENDPOINT, symbol, interval, first, last, attempts,
+                        f"{reason}; the server asks to wait {delay:.0f}s (more than max_wait_s={self.max_wait_s:.0f})",
+                        retryable=True,
+                    ) from exc
                 self.log.warning(
                     f"{KLINES_ENDPOINT} {symbol} {interval} from {first}: {type(exc).__name__}; "
                     f"retry {attempts}/{self.max_retries} in {delay:.2f}s"
