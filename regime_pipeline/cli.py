@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import sys
 import time
+import warnings
 
 import dagster as dg
 import pandas as pd
@@ -29,9 +30,10 @@ def _instance() -> dg.DagsterInstance:
 
 def run_range(job_name: str, first: dt.date, last: dt.date, instance: dg.DagsterInstance) -> None:
     """Execute `job_name` over the daily partitions ``first..last`` in one run."""
-    from regime_pipeline.definitions import defs
+    from regime_pipeline.definitions import build_defs
 
-    job = defs.resolve_job_def(job_name)
+    # Resources are read from the environment now, not when the module was first imported.
+    job = build_defs().resolve_job_def(job_name)
     began = time.monotonic()
     print(f"==> {job_name}: {first} .. {last}", flush=True)
     result = job.execute_in_process(
@@ -39,11 +41,7 @@ def run_range(job_name: str, first: dt.date, last: dt.date, instance: dg.Dagster
         tags={ASSET_PARTITION_RANGE_START_TAG: first.isoformat(), ASSET_PARTITION_RANGE_END_TAG: last.isoformat()},
         raise_on_error=False,
     )
-    failed_checks = [
-        e.event_specific_data.asset_check_evaluation
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.asset_check_evaluation.passed
-    ]
+    failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if not result.success or failed_checks:
         for check in failed_checks:
             print(f"    check failed: {check.asset_key.to_user_string()}.{check.check_name}", file=sys.stderr)
@@ -73,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Single-run backfill policies are marked beta in Dagster; the notice would repeat on every run.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     pd.set_option("display.width", 160)
     parser = argparse.ArgumentParser(prog="regime-pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

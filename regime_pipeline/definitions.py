@@ -1,6 +1,6 @@
 """The code location: every asset, check, job, schedule and resource of regime_pipeline."""
 
-from __future__ import annotations
+from typing import Any
 
 import dagster as dg
 
@@ -15,8 +15,14 @@ bars_job = dg.define_asset_job(
     description="Ingest 1-minute bars and build daily bars for a range of days.",
 )
 
-defs = dg.Definitions(
-    assets=[*bar_assets],
-    jobs=[bars_job],
-    resources=build_resources(),
-)
+
+def build_defs(resources: dict[str, Any] | None = None) -> dg.Definitions:
+    """The definitions with `resources`, by default those the environment selects."""
+    return dg.Definitions(
+        assets=[*bar_assets],
+        jobs=[bars_job],
+        resources=resources if resources is not None else build_resources(),
+    )
+
+
+defs = build_defs()

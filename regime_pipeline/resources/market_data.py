@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
@@ -38,6 +39,8 @@ class MarketData(dg.ConfigurableResource):
 
             if not self.files_dir:
                 raise ValueError("market_data: source 'binance_files' needs files_dir (env REGIME_FILES_DIR)")
+            if not Path(self.files_dir).is_dir():
+                raise FileNotFoundError(f"market_data: files_dir {self.files_dir!r} is not a directory (REGIME_FILES_DIR)")
             return BinanceFilesSource(self.files_dir, symbols=universe().symbols)
         from regime_pipeline.core.sources.ccxt_source import CcxtSource
 
