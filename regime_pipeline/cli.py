@@ -1,26 +1,47 @@
 """`regime-pipeline`: run the pipeline end to end on the embedded data, stage by stage.
 
-Each stage is a job of the code location, executed in this process against the Dagster
+Each stage materializes a selection of assets in this process against the Dagster
 instance in ``$DAGSTER_HOME`` (the project root's ``dagster.yaml`` keeps it under
-``data/``), so every run and materialization shows up in the UI afterwards.
+``data/``), so every run, materialization and check shows up in the UI afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start
+from regime_pipeline.partitions import SPLIT_NAMES
 from regime_pipeline.resources import default_data_dir
 from regime_pipeline.resources.warehouse import read_table
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    assets: tuple[str, ...]
+    partitions: str  # "daily" (the run's date range), "split" (each split), or "none"
+
+
+STAGES = (
+    Stage("bars", ("minute_bars", "daily_bars"), "daily"),
+    Stage("garch", ("garch_params",), "none"),
+    Stage("features", ("vol_features", "trend_features", "cross_features"), "daily"),
+    Stage("hmm", ("hmm_models",), "none"),
+    Stage("labels", ("regime_labels",), "split"),
+    Stage("selection", ("selected_features",), "none"),
+)
 
 
 def _instance() -> dg.DagsterInstance:
@@ -28,46 +49,65 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def run_range(job_name: str, first: dt.date, last: dt.date, instance: dg.DagsterInstance) -> None:
-    """Execute `job_name` over the daily partitions ``first..last`` in one run."""
+def run_stage(stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterInstance) -> None:
+    """Materialize `stage`: one run over ``first..last``, one run per split, or one run."""
     from regime_pipeline.definitions import build_defs
 
     # Resources are read from the environment now, not when the module was first imported.
-    job = build_defs().resolve_job_def(job_name)
-    began = time.monotonic()
-    print(f"==> {job_name}: {first} .. {last}", flush=True)
-    result = job.execute_in_process(
-        instance=instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: first.isoformat(), ASSET_PARTITION_RANGE_END_TAG: last.isoformat()},
-        raise_on_error=False,
-    )
-    failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
-    if not result.success or failed_checks:
+    defs = build_defs()
+    keys = [dg.AssetKey(name) for name in stage.assets]
+    job = defs.resolve_implicit_job_def_def_for_assets(keys)
+    if stage.partitions == "daily":
+        runs = [(f"{first} .. {last}", {"tags": {ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
+                                                  ASSET_PARTITION_RANGE_END_TAG: last.isoformat()}})]
+    elif stage.partitions == "split":
+        runs = [(split, {"partition_key": split}) for split in SPLIT_NAMES]
+    else:
+        runs = [("", {})]
+    for label, kwargs in runs:
+        began = time.monotonic()
+        print(f"==> {stage.name}: {', '.join(stage.assets)} {label}".rstrip(), flush=True)
+        result = job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False, **kwargs)
+        failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
         for check in failed_checks:
             print(f"    check failed: {check.asset_key.to_user_string()}.{check.check_name}", file=sys.stderr)
-        raise SystemExit(f"{job_name} failed (run {result.run_id}); see the run's logs in the UI (make ui)")
-    print(f"    done in {time.monotonic() - began:.1f}s (run {result.run_id})", flush=True)
+        if not result.success or failed_checks:
+            raise SystemExit(f"{stage.name} failed (run {result.run_id}); see the run's logs in the UI (make ui)")
+        print(f"    done in {time.monotonic() - began:.1f}s", flush=True)
 
 
-def summarize_bars(data_dir: str) -> str:
-    bars = read_table(os.path.join(data_dir, "warehouse.duckdb"), "daily_bars")
-    summary = (
-        bars.groupby("symbol")
-        .agg(first=("date", "min"), last=("date", "max"), bars=("date", "size"),
-             from_minutes=("source", lambda s: int((s == "minutes").sum())), last_close=("close", "last"))
-        .sort_values("first")
-    )
-    return summary.to_string()
+def summarize(data_dir: str, upto: str) -> str:
+    """A short text report of what the run produced."""
+    database = os.path.join(data_dir, "warehouse.duckdb")
+    bars = read_table(database, "daily_bars")
+    out = ["Daily bars by asset:", bars.groupby("symbol").agg(
+        first=("date", "min"), last=("date", "max"), bars=("date", "size"),
+        from_minutes=("source", lambda s: int((s == "minutes").sum())), last_close=("close", "last"),
+    ).sort_values("first").to_string()]
+    names = [s.name for s in STAGES]
+    if names.index(upto) >= names.index("labels"):
+        labels = read_table(database, "regime_labels")
+        for kind in ("vol", "trend", "cross"):
+            frame = labels.drop_duplicates(["split", "date"]) if kind == "cross" else labels
+            table = pd.crosstab(frame[f"{kind}_regime"], frame["split"]).reindex(columns=SPLIT_NAMES, fill_value=0)
+            out += [f"\n{kind} regime days per split ({'dates' if kind == 'cross' else 'asset-days'}):", table.to_string()]
+    if names.index(upto) >= names.index("selection"):
+        chosen = json.loads((Path(data_dir) / "models" / "selected_features.json").read_text())
+        out.append("\nSelected features:")
+        out += [f"  {group:5s} {', '.join(chosen[group]['selected'])}" for group in ("vol", "trend", "cross")]
+    return "\n".join(out)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     instance = _instance()
     first = dt.date.fromisoformat(args.start)
     last = dt.date.fromisoformat(args.end)
-    run_range("bars_job", first, last, instance)
-    print("\nDaily bars by asset:")
-    print(summarize_bars(default_data_dir()))
-    print("\nOpen the UI with `make ui` to see every asset, its metadata and checks.")
+    names = [s.name for s in STAGES]
+    for stage in STAGES[names.index(args.from_stage) : names.index(args.until) + 1]:
+        run_stage(stage, first, last, instance)
+    print()
+    print(summarize(default_data_dir(), args.until))
+    print("\nOpen the UI with `make ui` to see every asset, its metadata, plots and checks.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     run = sub.add_parser("run", help="materialize the pipeline over a date range (default: all embedded data)")
     run.add_argument("--start", default=history_start().isoformat(), help="first UTC day (YYYY-MM-DD)")
     run.add_argument("--end", default=data_settings()["embedded"]["last_day"].isoformat(), help="last UTC day (YYYY-MM-DD)")
+    stage_names = [s.name for s in STAGES]
+    run.add_argument("--from", dest="from_stage", default=stage_names[0], choices=stage_names, help="first stage to run")
+    run.add_argument("--until", default=stage_names[-1], choices=stage_names, help="last stage to run")
     run.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     args.func(args)

@@ -4,23 +4,28 @@ from typing import Any
 
 import dagster as dg
 
-from regime_pipeline.assets import bars
+from regime_pipeline.assets import bars, features, regimes
 from regime_pipeline.resources import build_resources
 
-bar_assets = dg.load_assets_from_modules([bars])
+all_assets = dg.load_assets_from_modules([bars, features, regimes])
 
 bars_job = dg.define_asset_job(
     "bars_job",
     selection=dg.AssetSelection.groups(bars.GROUP),
     description="Ingest 1-minute bars and build daily bars for a range of days.",
 )
+features_job = dg.define_asset_job(
+    "features_job",
+    selection=dg.AssetSelection.assets(features.vol_features, features.trend_features, features.cross_features),
+    description="Compute the three feature groups for a range of days.",
+)
 
 
 def build_defs(resources: dict[str, Any] | None = None) -> dg.Definitions:
     """The definitions with `resources`, by default those the environment selects."""
     return dg.Definitions(
-        assets=[*bar_assets],
-        jobs=[bars_job],
+        assets=all_assets,
+        jobs=[bars_job, features_job],
         resources=resources if resources is not None else build_resources(),
     )
 

@@ -43,3 +43,24 @@ def materialize_range(assets, first: str, last: str, resources: dict, instance: 
 def check_results(result) -> dict[str, bool]:
     """``{check_name: passed}`` for every asset check evaluated in `result`."""
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def embedded_daily_bars() -> "pd.DataFrame":
+    """The embedded daily klines in the `daily_bars` table's shape (source='klines')."""
+    import pandas as pd
+
+    from regime_pipeline.core.bars import DAILY_BAR_COLUMNS
+
+    frame = pd.read_parquet(EMBEDDED / "daily_klines.parquet")
+    frame = frame.assign(source="klines", n_minutes=pd.array([pd.NA] * len(frame), dtype="Int32"))
+    frame["date"] = pd.to_datetime(frame["date"]).dt.date
+    return frame[DAILY_BAR_COLUMNS].sort_values(["date", "symbol"]).reset_index(drop=True)
+
+
+def write_table(database: str, table: str, frame: "pd.DataFrame") -> None:
+    """Store `frame` as a warehouse table, as the IO manager would have."""
+    from regime_pipeline.resources.warehouse import connect
+
+    with connect(database) as con:
+        con.register("frame", frame)
+        con.execute(f"CREATE OR REPLACE TABLE main.{table} AS SELECT * FROM frame")

@@ -56,3 +56,52 @@ def plot_daily_bars(bars: pd.DataFrame, title: str) -> plt.Figure:
     bottom.set_xticks(ticks, [str(grid.columns[i]) for i in ticks], fontsize=7)
     bottom.set_title("bar source: grey = no bar (not listed), blue = daily kline, orange = 1-minute bars", fontsize=8)
     return fig
+
+
+def plot_regime_timeline(labels: pd.DataFrame, names: dict[str, list[str]], title: str) -> plt.Figure:
+    """For each regime kind, the share of listed assets in each regime per day (stacked);
+    the cross regime is one band per day.
+
+    :param labels: ``date, symbol, vol_regime, trend_regime, cross_regime``
+    :param names: regime names per kind, in order, e.g. ``{"vol": ["low", ...], ...}``
+    """
+    kinds = list(names)
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(11, 2.2 * len(kinds)), sharex=True, constrained_layout=True)
+    dates = pd.to_datetime(labels["date"])
+    for ax, kind in zip(axes, kinds):
+        column = f"{kind}_regime"
+        frame = labels.assign(date=dates)
+        if kind == "cross":
+            frame = frame.drop_duplicates("date")
+        share = pd.crosstab(frame["date"], frame[column], normalize="index").reindex(columns=names[kind], fill_value=0.0)
+        colors = plt.get_cmap("RdYlBu_r" if kind == "vol" else "RdYlGn")(np.linspace(0.05, 0.95, len(names[kind])))
+        ax.stackplot(share.index, share.to_numpy().T, labels=names[kind], colors=colors, step="post")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(kind)
+        ax.legend(loc="upper left", fontsize=7, ncol=len(names[kind]), framealpha=0.8)
+    axes[0].set_title(title)
+    return fig
+
+
+def plot_importance(importance: dict[str, pd.Series], selected: dict[str, list[str]]) -> plt.Figure:
+    """Mean |SHAP| per feature for each group; selected features dark, collapsed ones light."""
+    fig, axes = plt.subplots(1, len(importance), figsize=(4.2 * len(importance), 3.2), constrained_layout=True)
+    for ax, (group, values) in zip(np.atleast_1d(axes), importance.items()):
+        values = values.sort_values()
+        colors = ["#4c72b0" if f in selected[group] else "#c6d3e6" for f in values.index]
+        ax.barh(values.index, values.to_numpy(), color=colors)
+        ax.set_title(f"{group}: mean |SHAP|", fontsize=9)
+        ax.tick_params(labelsize=7)
+    return fig
+
+
+def plot_correlations(corr: dict[str, pd.DataFrame]) -> plt.Figure:
+    """|Pearson correlation| between the features of each group, on train."""
+    fig, axes = plt.subplots(1, len(corr), figsize=(4.2 * len(corr), 3.8), constrained_layout=True)
+    for ax, (group, matrix) in zip(np.atleast_1d(axes), corr.items()):
+        image = ax.imshow(matrix.abs().to_numpy(), vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(matrix)), matrix.columns, rotation=70, fontsize=6)
+        ax.set_yticks(range(len(matrix)), matrix.index, fontsize=6)
+        ax.set_title(f"{group}: |corr|", fontsize=9)
+    fig.colorbar(image, ax=axes, shrink=0.7)
+    return fig

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from regime_pipeline.configs import PROJECT_ROOT
+from regime_pipeline.resources.artifacts import JsonArtifactIOManager
 from regime_pipeline.resources.market_data import MarketData
 from regime_pipeline.resources.storage import ProjectStorage
 from regime_pipeline.resources.warehouse import DuckDBTableIOManager
@@ -33,6 +34,7 @@ def build_resources(data_dir: str | None = None, market_data: MarketData | None 
     storage = ProjectStorage(data_dir=data_dir or default_data_dir())
     return {
         "io_manager": DuckDBTableIOManager(database=storage.warehouse),
+        "model_io_manager": JsonArtifactIOManager(root=str(storage.models_dir)),
         "storage": storage,
         "market_data": market_data or market_data_from_env(),
     }

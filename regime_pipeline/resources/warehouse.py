@@ -166,10 +166,20 @@ class DuckDBTableIOManager(dg.ConfigurableIOManager):
                     f"table {self.db_schema}.{table} does not exist in {self.database}: "
                     f"materialize {context.asset_key.to_user_string()} first"
                 )
-            return con.execute(f"SELECT * FROM {self.db_schema}.{table} WHERE {where}{order}", params).df()
+            return _query(con, f"SELECT * FROM {self.db_schema}.{table} WHERE {where}{order}", params)
 
 
 def read_table(database: str, table: str, where: str = "TRUE", params: Sequence[Any] = (), schema: str = "main") -> pd.DataFrame:
     """Read rows of a warehouse table outside Dagster (the CLI summary, notebooks, tests)."""
     with connect(database) as con:
-        return con.execute(f"SELECT * FROM {schema}.{table} WHERE {where}", list(params)).df()
+        return _query(con, f"SELECT * FROM {schema}.{table} WHERE {where}", list(params))
+
+
+def _query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> pd.DataFrame:
+    """Run `sql`; DATE columns come back as ``datetime.date`` (the project's day type), not timestamps."""
+    relation = con.execute(sql, params)
+    date_columns = [d[0] for d in relation.description if str(d[1]).upper() == "DATE"]
+    frame = relation.df()
+    for column in date_columns:
+        frame[column] = frame[column].dt.date
+    return frame

@@ -1,0 +1,129 @@
+"""Stage 1, features: volatility, trend and cross-sectional features per UTC day.
+
+Each per-day asset reads only the look-back it needs from `daily_bars` (a time-window
+mapping with a negative start offset), so one new day is computed from ~a year of bars,
+not from all of history. GARCH parameters are fitted once, on `train`.
+"""
+
+import datetime as dt
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from regime_pipeline.assets.bars import window_days
+from regime_pipeline.configs import splits
+from regime_pipeline.core import features
+from regime_pipeline.partitions import DAILY
+
+GROUP = "features"
+
+
+def train_days() -> list[str]:
+    """The DAILY partition keys of the train split."""
+    train = splits()["train"]
+    return DAILY.get_partition_keys_in_range(dg.PartitionKeyRange(train.start.isoformat(), train.end.isoformat()))
+
+
+TRAIN_DAYS = dg.SpecificPartitionsPartitionMapping(train_days())
+LOOKBACK = dg.TimeWindowPartitionMapping(start_offset=-features.LOOKBACK_DAYS, allow_nonexistent_upstream_partitions=True)
+
+
+def _finite_check(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec("all_values_finite", asset=asset, blocking=True,
+                             description="no NaN or infinite feature value: short histories are masked, never filled")
+
+
+def _check_finite(asset: str, frame: pd.DataFrame) -> dg.AssetCheckResult:
+    bad = ~np.isfinite(frame.select_dtypes("number").to_numpy(float))
+    return dg.AssetCheckResult(
+        asset_key=asset, check_name="all_values_finite", passed=not bad.any(),
+        metadata={"non_finite_values": int(bad.sum())},
+    )
+
+
+def _feature_output(context: dg.AssetExecutionContext, name: str, frame: pd.DataFrame, start: dt.date, end: dt.date):
+    """Log and describe a feature frame, then yield it and its check."""
+    keys = ["date", "symbol"] if "symbol" in frame.columns else ["date"]
+    values = frame.drop(columns=keys)
+    context.log.info(f"{name} {start}..{end - dt.timedelta(days=1)}: {len(frame)} rows, {values.shape[1]} features")
+    summary = values.describe().T[["mean", "std", "min", "50%", "max"]] if len(frame) else pd.DataFrame()
+    yield dg.Output(
+        frame,
+        metadata={
+            "rows": len(frame),
+            "days": int(frame["date"].nunique()) if len(frame) else 0,
+            "masked_days": (end - start).days - (int(frame["date"].nunique()) if len(frame) else 0),
+            "summary": dg.MetadataValue.md(summary.to_markdown(floatfmt=".4g") if len(summary) else "no rows"),
+        },
+    )
+    yield _check_finite(name, frame)
+
+
+@dg.asset(
+    group_name=GROUP,
+    io_manager_key="model_io_manager",
+    ins={"daily_bars": dg.AssetIn(partition_mapping=TRAIN_DAYS)},
+    kinds={"arch"},
+)
+def garch_params(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame) -> dict:
+    """GARCH(1,1) parameters per asset (mu, omega, alpha, beta, in daily-return units), fitted
+    with `arch` on the train split's returns only; `vol_features` filters them forward."""
+    train = splits()["train"]
+    params = features.fit_garch(daily_bars, train.start, train.end + dt.timedelta(days=1))
+    table = pd.DataFrame({s: p.to_dict() for s, p in params.items()}).T
+    table["persistence"] = table["alpha"] + table["beta"]
+    context.add_output_metadata({"params": dg.MetadataValue.md(table.to_markdown(floatfmt=".4g"))})
+    return {symbol: p.to_dict() for symbol, p in params.items()}
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=DAILY,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    ins={"daily_bars": dg.AssetIn(partition_mapping=LOOKBACK), "garch_params": dg.AssetIn()},
+    metadata={"partition_expr": "date"},
+    check_specs=[_finite_check("vol_features")],
+    pool="warehouse",
+)
+def vol_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame, garch_params: dict):
+    """Per (date, symbol): realized_vol_20d, garch_sigma, har_daily, har_weekly, vol_ratio
+    (annualised with 365 days; formulas in configs/features.yaml)."""
+    start, end = window_days(context)
+    params = {s: features.GarchParams.from_dict(p) for s, p in garch_params.items()}
+    frame = features.vol_features(daily_bars, params, start, end)
+    yield from _feature_output(context, "vol_features", frame, start, end)
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=DAILY,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    ins={"daily_bars": dg.AssetIn(partition_mapping=LOOKBACK)},
+    metadata={"partition_expr": "date"},
+    check_specs=[_finite_check("trend_features")],
+    pool="warehouse",
+)
+def trend_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
+    """Per (date, symbol): rate_of_change, close_normalized, momentum_50d,
+    return_skewness_30d, trend_strength, volume_trend (configs/features.yaml)."""
+    start, end = window_days(context)
+    frame = features.trend_features(daily_bars, start, end)
+    yield from _feature_output(context, "trend_features", frame, start, end)
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=DAILY,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    ins={"daily_bars": dg.AssetIn(partition_mapping=LOOKBACK)},
+    metadata={"partition_expr": "date"},
+    check_specs=[_finite_check("cross_features")],
+    pool="warehouse",
+)
+def cross_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
+    """Per date, across the listed assets: n_assets, avg_pairwise_corr, btc_dominance,
+    vol_dispersion, corr_stability (configs/features.yaml)."""
+    start, end = window_days(context)
+    frame = features.cross_features(daily_bars, start, end)
+    yield from _feature_output(context, "cross_features", frame, start, end)
