@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from regime_pipeline.configs import PROJECT_ROOT
@@ -45,10 +46,8 @@ def check_results(result) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def embedded_daily_bars() -> "pd.DataFrame":
+def embedded_daily_bars() -> pd.DataFrame:
     """The embedded daily klines in the `daily_bars` table's shape (source='klines')."""
-    import pandas as pd
-
     from regime_pipeline.core.bars import DAILY_BAR_COLUMNS
 
     frame = pd.read_parquet(EMBEDDED / "daily_klines.parquet")
@@ -57,7 +56,7 @@ def embedded_daily_bars() -> "pd.DataFrame":
     return frame[DAILY_BAR_COLUMNS].sort_values(["date", "symbol"]).reset_index(drop=True)
 
 
-def write_table(database: str, table: str, frame: "pd.DataFrame") -> None:
+def write_table(database: str, table: str, frame: pd.DataFrame) -> None:
     """Store `frame` as a warehouse table, as the IO manager would have."""
     from regime_pipeline.resources.warehouse import connect
 

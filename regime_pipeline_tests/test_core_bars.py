@@ -136,3 +136,26 @@ def test_epoch_units_ms_and_us_decode_alike_and_seconds_are_refused():
         epoch_to_timestamp(pd.Series([1735689600000, 1735689660]), "f", "open_time")
     with pytest.raises(DataError, match=r"looks like nanoseconds"):
         epoch_to_timestamp(pd.Series([1735689600000 * 10**6]), "f", "open_time")
+
+
+def test_lake_replaces_one_day_and_keeps_the_rest_of_its_month(tmp_path, source):
+    lake = MinuteLake(tmp_path / "lake")
+    days = dict(source.minute_days("ETHUSDT", dt.date(2021, 9, 28), dt.date(2021, 10, 2)))
+    for day, frame in days.items():
+        lake.write_day("ETHUSDT", day, frame)
+    assert sorted(p.parent.name for p in lake.files()) == ["month=2021-09", "month=2021-10"]
+    assert lake.stored_days()["date"].tolist() == sorted(days)
+
+    changed = days[dt.date(2021, 9, 29)].assign(volume=1.0)
+    lake.write_day("ETHUSDT", dt.date(2021, 9, 29), changed)
+    back = lake.read(dt.date(2021, 9, 28), dt.date(2021, 10, 2), ["ETHUSDT"])
+    assert len(back) == sum(len(f) for f in days.values())
+    on_29 = back.open_time.dt.date == dt.date(2021, 9, 29)
+    assert (back.loc[on_29, "volume"] == 1.0).all()
+    pd.testing.assert_frame_equal(
+        back.loc[~on_29 & (back.open_time.dt.date == dt.date(2021, 9, 30)), ["open_time", "volume"]].reset_index(drop=True),
+        days[dt.date(2021, 9, 30)][["open_time", "volume"]].reset_index(drop=True),
+        check_dtype=False,
+    )
+    with pytest.raises(ValueError, match="rows span"):
+        lake.write_day("ETHUSDT", dt.date(2021, 9, 28), days[dt.date(2021, 9, 30)])
