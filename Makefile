@@ -3,8 +3,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Run history and everything else the pipeline writes stays under data/.
-export DAGSTER_HOME := $(CURDIR)
+# The Dagster instance lives under data/ (Dagster writes its own files into DAGSTER_HOME);
+# its settings are the project root's dagster.yaml, linked there.
+export DAGSTER_HOME := $(CURDIR)/data/dagster
+INSTANCE := $(DAGSTER_HOME)/dagster.yaml
 
 .PHONY: setup run test test-all bench ui validate clean
 
@@ -13,7 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-setup: $(VENV)/.installed
+$(INSTANCE): dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	ln -sf ../../dagster.yaml $@
+
+setup: $(VENV)/.installed $(INSTANCE)
 
 run: setup
 	$(BIN)/regime-pipeline run

@@ -22,6 +22,7 @@ import pandas as pd
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start
+from regime_pipeline.core import regimes
 from regime_pipeline.partitions import SPLIT_NAMES
 from regime_pipeline.resources import default_data_dir
 from regime_pipeline.resources.warehouse import read_table
@@ -45,7 +46,15 @@ STAGES = (
 
 
 def _instance() -> dg.DagsterInstance:
-    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
+    """The instance in ``$DAGSTER_HOME``; by default ``data/dagster``, configured by the
+    project root's ``dagster.yaml`` (linked there, as `make` does)."""
+    if "DAGSTER_HOME" not in os.environ:
+        home = PROJECT_ROOT / "data" / "dagster"
+        home.mkdir(parents=True, exist_ok=True)
+        link = home / "dagster.yaml"
+        if not link.exists():
+            link.symlink_to(Path("..") / ".." / "dagster.yaml")
+        os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
 
 
@@ -87,9 +96,12 @@ def summarize(data_dir: str, upto: str) -> str:
     names = [s.name for s in STAGES]
     if names.index(upto) >= names.index("labels"):
         labels = read_table(database, "regime_labels")
+        regime_names = {kind: regimes.settings()[kind]["names"] for kind in ("vol", "trend", "cross")}
         for kind in ("vol", "trend", "cross"):
             frame = labels.drop_duplicates(["split", "date"]) if kind == "cross" else labels
-            table = pd.crosstab(frame[f"{kind}_regime"], frame["split"]).reindex(columns=SPLIT_NAMES, fill_value=0)
+            table = pd.crosstab(frame[f"{kind}_regime"], frame["split"]).reindex(
+                index=regime_names[kind], columns=SPLIT_NAMES, fill_value=0
+            )
             out += [f"\n{kind} regime days per split ({'dates' if kind == 'cross' else 'asset-days'}):", table.to_string()]
     if names.index(upto) >= names.index("selection"):
         chosen = json.loads((Path(data_dir) / "models" / "selected_features.json").read_text())
