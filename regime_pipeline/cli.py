@@ -42,6 +42,9 @@ STAGES = (
     Stage("hmm", ("hmm_models",), "none"),
     Stage("labels", ("regime_labels",), "split"),
     Stage("selection", ("selected_features",), "none"),
+    Stage("detectors", ("vol_detector", "trend_detector", "cross_detector"), "none"),
+    Stage("reports", ("detector_reports",), "split"),
+    Stage("probabilities", ("regime_probabilities",), "daily"),
 )
 
 

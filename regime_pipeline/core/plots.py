@@ -105,3 +105,31 @@ def plot_correlations(corr: dict[str, pd.DataFrame]) -> plt.Figure:
         ax.set_title(f"{group}: |corr|", fontsize=9)
     fig.colorbar(image, ax=axes, shrink=0.7)
     return fig
+
+
+def plot_training(history: list[dict], best_epoch: int, title: str) -> plt.Figure:
+    """Train/val loss and val macro-F1 by epoch; the kept (best) epoch marked."""
+    epochs = np.arange(1, len(history) + 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), constrained_layout=True)
+    left.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    left.plot(epochs, [h["val_loss"] for h in history], label="val loss")
+    left.legend(fontsize=8)
+    right.plot(epochs, [h["val_macro_f1"] for h in history], color="#55a868")
+    right.set_ylabel("val macro-F1")
+    for ax in (left, right):
+        ax.axvline(best_epoch + 1, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("epoch")
+    fig.suptitle(f"{title} (kept epoch {best_epoch + 1})", fontsize=10)
+    return fig
+
+
+def plot_attention(by_lag: dict[str, list[float]]) -> plt.Figure:
+    """Mean attention weight by lag (0 = the predicted day) for each LSTM detector."""
+    fig, ax = plt.subplots(figsize=(8, 3), constrained_layout=True)
+    for name, weights in by_lag.items():
+        ax.plot(np.arange(len(weights)), weights, marker=".", label=name)
+    ax.axhline(1 / len(next(iter(by_lag.values()))), color="grey", ls=":", lw=0.8, label="uniform")
+    ax.set_xlabel("lag (days before the predicted day)")
+    ax.set_ylabel("mean attention weight")
+    ax.legend(fontsize=8)
+    return fig
