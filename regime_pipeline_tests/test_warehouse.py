@@ -101,3 +101,14 @@ def test_loading_a_table_never_materialized_says_what_to_do(tmp_path):
     with pytest.raises(dg.DagsterInvariantViolationError, match="materialize table first"):
         dg.materialize([upstream, downstream], resources={"io_manager": DuckDBTableIOManager(database=db)},
                        partition_key="2024-01-01", selection=[downstream])
+
+
+def test_a_column_first_written_all_null_takes_values_later(tmp_path):
+    db = str(tmp_path / "w.duckdb")
+    note = {"value": None}
+    asset = _asset(lambda ctx: _frame([ctx.partition_key], 1.0).assign(note=[note["value"]]))
+    _run(asset, db, "2024-01-01")
+    note["value"] = "no support"
+    _run(asset, db, "2024-01-02")
+    stored = read_table(db, "table").sort_values("date")
+    assert stored["note"].tolist()[1] == "no support" and pd.isna(stored["note"].tolist()[0])

@@ -81,6 +81,17 @@ def _outside_slice(frame: pd.DataFrame, context: dg.OutputContext, expr: str) ->
     return frame.loc[~column.isin(context.asset_partition_keys)]
 
 
+def _frame_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """DuckDB column types of the registered ``frame``."""
+    return dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM frame)").fetchall())
+
+
+def _storable(sql_type: str) -> str:
+    # A column that is all None in the first slice written has type NULL; store it as text so
+    # a later slice with values can be inserted.
+    return "VARCHAR" if sql_type == '"NULL"' or sql_type == "NULL" else sql_type
+
+
 class DuckDBTableIOManager(dg.ConfigurableIOManager):
     """Stores pandas DataFrames as DuckDB tables named after the asset (``<schema>.<asset>``)."""
 
@@ -116,7 +127,10 @@ class DuckDBTableIOManager(dg.ConfigurableIOManager):
                         con.execute("ROLLBACK")
                         context.log.info(f"{qualified}: nothing to store for {description}")
                         return
-                    con.execute(f"CREATE TABLE {qualified} AS SELECT * FROM frame LIMIT 0")
+                    columns = ", ".join(
+                        f'"{name}"::{_storable(sql_type)} AS "{name}"' for name, sql_type in _frame_types(con).items()
+                    )
+                    con.execute(f"CREATE TABLE {qualified} AS SELECT {columns} FROM frame LIMIT 0")
                 self._add_new_columns(con, qualified, table)
                 deleted = con.execute(f"DELETE FROM {qualified} WHERE {where}", params).fetchone()[0]
                 if not obj.empty:
@@ -147,10 +161,9 @@ class DuckDBTableIOManager(dg.ConfigurableIOManager):
                 [self.db_schema, table],
             ).fetchall()
         }
-        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM frame)").fetchall())
-        for column, sql_type in types.items():
+        for column, sql_type in _frame_types(con).items():
             if column not in existing:
-                con.execute(f'ALTER TABLE {qualified} ADD COLUMN "{column}" {sql_type}')
+                con.execute(f'ALTER TABLE {qualified} ADD COLUMN "{column}" {_storable(sql_type)}')
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         upstream = context.upstream_output
