@@ -13,6 +13,8 @@ INSTANCE := $(DAGSTER_HOME)/dagster.yaml
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# The editable install lives in .venv; setuptools' leftover build metadata is not needed.
+	rm -rf regime_pipeline.egg-info
 	touch $@
 
 $(INSTANCE): dagster.yaml
