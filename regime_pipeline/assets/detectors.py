@@ -7,7 +7,6 @@ import dagster as dg
 import pandas as pd
 
 from regime_pipeline.assets.bars import window_days
-from regime_pipeline.assets.metadata import plot_metadata
 from regime_pipeline.configs import splits
 from regime_pipeline.core import detectors
 from regime_pipeline.core.metrics import plot_confusion
@@ -29,7 +28,8 @@ def _model_path(storage: ProjectStorage, kind: str):
     return storage.models_dir / f"{kind}_detector.pt"
 
 
-def _trained(context, storage: ProjectStorage, det: detectors.Detector, result) -> dg.MaterializeResult:
+def _store_detector(storage: ProjectStorage, det: detectors.Detector, result) -> dg.MaterializeResult:
+    """Save the fitted detector and describe it: path, hash, chosen epoch, training curve."""
     path = _model_path(storage, det.kind)
     sha = det.save(path, result)
     best = result.best
@@ -53,7 +53,7 @@ def _train_sequence(context, config: DetectorConfig, storage: ProjectStorage, ki
     columns = selected[kind]["selected"]
     settings = detectors.settings_for(kind, config.profile)
     det, result = detectors.train_sequence_detector(kind, features, labels, columns, settings, log=context.log)
-    return _trained(context, storage, det, result)
+    return _store_detector(storage, det, result)
 
 
 @dg.asset(
@@ -108,7 +108,7 @@ def cross_detector(
     settings = detectors.settings_for("cross", config.profile)
     nodes = detectors.node_features(vol_features, trend_features, columns)
     det, result = detectors.train_cross_detector(nodes, daily_bars, regime_labels, columns, settings, log=context.log)
-    return _trained(context, storage, det, result)
+    return _store_detector(storage, det, result)
 
 
 DETECTORS = [vol_detector, trend_detector, cross_detector]
