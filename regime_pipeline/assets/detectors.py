@@ -179,8 +179,12 @@ def write_report(storage: ProjectStorage, name: str, split: str, report: dict, p
     (path.with_suffix(".json")).write_text(json.dumps(report, indent=1, default=str))
 
 
-LSTM_LOOKBACK = dg.TimeWindowPartitionMapping(start_offset=-29, allow_nonexistent_upstream_partitions=True)
-GRAPH_LOOKBACK = dg.TimeWindowPartitionMapping(start_offset=-31, allow_nonexistent_upstream_partitions=True)
+# A day's window holds `window` days of features ending on it; a graph's correlations need
+# `window` returns, so one more close.
+LSTM_LOOKBACK = dg.TimeWindowPartitionMapping(
+    start_offset=-(detectors.settings_for("vol")["window"] - 1), allow_nonexistent_upstream_partitions=True)
+GRAPH_LOOKBACK = dg.TimeWindowPartitionMapping(
+    start_offset=-(detectors.settings_for("cross")["window"] + 1), allow_nonexistent_upstream_partitions=True)
 
 
 @dg.asset(
