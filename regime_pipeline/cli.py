@@ -110,6 +110,15 @@ def summarize(data_dir: str, upto: str) -> str:
         chosen = json.loads((Path(data_dir) / "models" / "selected_features.json").read_text())
         out.append("\nSelected features:")
         out += [f"  {group:5s} {', '.join(chosen[group]['selected'])}" for group in ("vol", "trend", "cross")]
+    if names.index(upto) >= names.index("reports"):
+        rows = []
+        for kind in ("vol", "trend", "cross"):
+            for split in SPLIT_NAMES:
+                report = json.loads((Path(data_dir) / "reports" / f"{kind}_detector_{split}.json").read_text())
+                rows.append({"detector": f"{kind}_detector", "split": split, "accuracy": report["accuracy"],
+                             "balanced_accuracy": report["balanced_accuracy"], "macro_f1": report["macro_f1"]})
+        out += ["\nDetectors (fitted on train, early-stopped on val):",
+                pd.DataFrame(rows).to_string(index=False, float_format="{:.4f}".format)]
     return "\n".join(out)
 
 
