@@ -29,6 +29,17 @@ TRAIN_DAYS = dg.SpecificPartitionsPartitionMapping(train_days())
 LOOKBACK = dg.TimeWindowPartitionMapping(start_offset=-features.LOOKBACK_DAYS, allow_nonexistent_upstream_partitions=True)
 
 
+# What the three per-day feature assets share: daily partitions, one run per backfill,
+# a warehouse table sliced by date.
+PER_DAY = {
+    "group_name": GROUP,
+    "partitions_def": DAILY,
+    "backfill_policy": dg.BackfillPolicy.single_run(),
+    "metadata": {"partition_expr": "date"},
+    "pool": "warehouse",
+}
+
+
 def _finite_check(asset: str) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec("all_values_finite", asset=asset, blocking=True,
                              description="no NaN or infinite feature value: short histories are masked, never filled")
@@ -78,13 +89,9 @@ def garch_params(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame) ->
 
 
 @dg.asset(
-    group_name=GROUP,
-    partitions_def=DAILY,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    **PER_DAY,
     ins={"daily_bars": dg.AssetIn(partition_mapping=LOOKBACK), "garch_params": dg.AssetIn()},
-    metadata={"partition_expr": "date"},
     check_specs=[_finite_check("vol_features")],
-    pool="warehouse",
 )
 def vol_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame, garch_params: dict):
     """Per (date, symbol): realized_vol_20d, garch_sigma, har_daily, har_weekly, vol_ratio
@@ -95,15 +102,7 @@ def vol_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame, ga
     yield from _feature_output(context, "vol_features", frame, start, end)
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=DAILY,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    ins={"daily_bars": dg.AssetIn(partition_mapping=LOOKBACK)},
-    metadata={"partition_expr": "date"},
-    check_specs=[_finite_check("trend_features")],
-    pool="warehouse",
-)
+@dg.asset(**PER_DAY, ins={"daily_bars": dg.AssetIn(partition_mapping=LOOKBACK)}, check_specs=[_finite_check("trend_features")])
 def trend_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
     """Per (date, symbol): rate_of_change, close_normalized, momentum_50d,
     return_skewness_30d, trend_strength, volume_trend (configs/features.yaml)."""
@@ -112,15 +111,7 @@ def trend_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
     yield from _feature_output(context, "trend_features", frame, start, end)
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=DAILY,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    ins={"daily_bars": dg.AssetIn(partition_mapping=LOOKBACK)},
-    metadata={"partition_expr": "date"},
-    check_specs=[_finite_check("cross_features")],
-    pool="warehouse",
-)
+@dg.asset(**PER_DAY, ins={"daily_bars": dg.AssetIn(partition_mapping=LOOKBACK)}, check_specs=[_finite_check("cross_features")])
 def cross_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
     """Per date, across the listed assets: n_assets, avg_pairwise_corr, btc_dominance,
     vol_dispersion, corr_stability (configs/features.yaml)."""
