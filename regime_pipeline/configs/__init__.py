@@ -40,11 +40,6 @@ class Asset:
     quote: str  # quote currency, "USDT"
     listed: dt.date  # first UTC trading day on Binance spot
 
-    @property
-    def ccxt_symbol(self) -> str:
-        """The unified ccxt market symbol, e.g. "BTC/USDT"."""
-        return f"{self.base}/{self.quote}"
-
 
 @dataclass(frozen=True)
 class Universe:
@@ -72,9 +67,6 @@ class Split:
     name: str
     start: dt.date  # first day, inclusive
     end: dt.date  # last day, inclusive
-
-    def contains(self, day: dt.date) -> bool:
-        return self.start <= day <= self.end
 
 
 @cache

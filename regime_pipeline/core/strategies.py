@@ -18,7 +18,6 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -230,8 +229,3 @@ def run_benchmarks(
     prices = wide_prices(bars, end)
     strategies = benchmark_strategies(prices.symbols) if strategies is None else strategies
     return {name: run_strategy(f, prices, start, end, cost) for name, f in strategies.items()}
-
-
-def summaries(results: dict[str, Result]) -> dict[str, dict[str, Any]]:
-    """``{name: performance summary}`` of :func:`run_benchmarks` output."""
-    return {name: r.summary() for name, r in results.items()}
