@@ -45,6 +45,8 @@ STAGES = (
     Stage("detectors", ("vol_detector", "trend_detector", "cross_detector"), "none"),
     Stage("reports", ("detector_reports",), "split"),
     Stage("probabilities", ("regime_probabilities",), "daily"),
+    Stage("policy", ("ppo_policy",), "none"),
+    Stage("backtest", ("allocation_backtest",), "split"),
 )
 
 
@@ -119,6 +121,15 @@ def summarize(data_dir: str, upto: str) -> str:
                              "balanced_accuracy": report["balanced_accuracy"], "macro_f1": report["macro_f1"]})
         out += ["\nDetectors (fitted on train, early-stopped on val):",
                 pd.DataFrame(rows).to_string(index=False, float_format="{:.4f}".format)]
+    if names.index(upto) >= names.index("policy"):
+        policy = json.loads((Path(data_dir) / "models" / "ppo_policy.json").read_text())
+        seeds = ", ".join(f"seed {seed}: {s['val_sortino']:+.3f} at step {s['kept_step']:,}" for seed, s in policy["seeds"].items())
+        out.append(f"\nPPO policy (val Sortino, early-stopped): {seeds}; deployed seed {policy['chosen_seed']}")
+    if names.index(upto) >= names.index("backtest"):
+        table = read_table(database, "allocation_backtest")
+        table = table.set_index(["split", "strategy"]).loc[SPLIT_NAMES].reset_index()
+        out += ["\nAllocation backtests (weekly, net of 15 bps per side, 365-day annualisation):",
+                table.to_string(index=False, float_format="{:.4f}".format)]
     return "\n".join(out)
 
 

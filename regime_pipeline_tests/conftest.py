@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -54,6 +55,23 @@ def embedded_daily_bars() -> pd.DataFrame:
     frame = frame.assign(source="klines", n_minutes=pd.array([pd.NA] * len(frame), dtype="Int32"))
     frame["date"] = pd.to_datetime(frame["date"]).dt.date
     return frame[DAILY_BAR_COLUMNS].sort_values(["date", "symbol"]).reset_index(drop=True)
+
+
+def synthetic_probabilities(seed: int = 0, classes: tuple[int, int, int] = (2, 2, 3)) -> pd.DataFrame:
+    """Random detector output shaped like `regime_probabilities` for every embedded daily bar:
+    per (date, symbol) `classes[0]` vol and `classes[1]` trend class probabilities
+    (``vol_0, ...``, ``trend_0, ...``), and the date's `classes[2]` cross probabilities
+    (``cross_0, ...``) repeated on each of its rows."""
+    keys = embedded_daily_bars()[["date", "symbol"]].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    dates = np.array(sorted(set(keys["date"])))
+    columns = {}
+    for kind, k in zip(("vol", "trend"), classes[:2]):
+        values = rng.dirichlet(np.ones(k), size=len(keys))
+        columns.update({f"{kind}_{i}": values[:, i] for i in range(k)})
+    cross = rng.dirichlet(np.ones(classes[2]), size=dates.size)
+    market = pd.DataFrame({"date": dates, **{f"cross_{i}": cross[:, i] for i in range(classes[2])}})
+    return keys.assign(**columns).merge(market, on="date")
 
 
 def write_table(database: str, table: str, frame: pd.DataFrame) -> None:

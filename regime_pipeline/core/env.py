@@ -48,8 +48,10 @@ exists); ``truncated`` is True when the episode length is reached before that (a
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import gymnasium
@@ -61,6 +63,7 @@ from regime_pipeline.core.portfolio import Costs
 
 PERIODS_PER_YEAR = 365  # annualisation of the volatility feature, as in performance.py
 VOL_WINDOW_WEEKS = 4
+_RANKS = np.arange(1.0, 257.0)  # 1, 2, ... for project_simplex (up to 256 coordinates)
 
 
 @dataclass(frozen=True)
@@ -73,20 +76,27 @@ class RewardConfig:
 
     @classmethod
     def from_config(cls) -> RewardConfig:
-        raw = load_yaml("backtest")["reward"]
-        return cls(
-            downside=float(raw["downside"]), turnover=float(raw["turnover"]), shortfall=float(raw["shortfall"])
-        )
+        return _configured_reward()
+
+
+@cache
+def _configured_reward() -> RewardConfig:
+    raw = load_yaml("backtest")["reward"]
+    return RewardConfig(
+        downside=float(raw["downside"]), turnover=float(raw["turnover"]), shortfall=float(raw["shortfall"])
+    )
 
 
 def project_simplex(z: np.ndarray) -> np.ndarray:
     """Euclidean projection of `z` (m,) onto the probability simplex (sparsemax): the point
     ``max(z - τ, 0)`` with τ chosen so the entries sum to 1. Exact zeros are produced."""
-    u = np.sort(z)[::-1]
-    css = np.cumsum(u) - 1.0
-    k = np.arange(1, z.size + 1)
-    rho = int(np.flatnonzero(u - css / k > 0)[-1])
-    tau = css[rho] / (rho + 1)
+    u = z.copy()
+    u.sort()
+    u = u[::-1]
+    css = u.cumsum()
+    # The support is a prefix of the sorted values: count where u_j > (css_j - 1) / j.
+    rho = int(np.count_nonzero(u * _RANKS[: z.size] > css - 1.0))
+    tau = (css[rho - 1] - 1.0) / rho
     return np.maximum(z - tau, 0.0)
 
 
@@ -160,11 +170,10 @@ class AllocationEnv(gymnasium.Env):
         self._listed_days = listed_close.astype(np.float64)  # (T, N) listed at each close
         self._listed = listed_close[days]  # (K, N) tradable at each decision
         # Equal-weight reference log growth per step, close d -> close of the week's end.
-        self._ref_growth = np.zeros(days.size)
-        for k, (d, e) in enumerate(zip(days, self.ends)):
-            m = self._listed[k]
-            if m.any():
-                self._ref_growth[k] = np.log(np.mean(close[e, m] / close[d, m]))
+        n_listed = self._listed.sum(axis=1)
+        ratio = np.where(self._listed, self._close0[self.ends] / np.where(self._listed, close[days], 1.0), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self._ref_growth = np.where(n_listed > 0, np.log(ratio.sum(axis=1) / n_listed), 0.0)
 
         p_low = min(0.0, float(self._probs.min()))
         p_high = max(1.0, float(self._probs.max()))
@@ -174,6 +183,13 @@ class AllocationEnv(gymnasium.Env):
         self.observation_space = spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(n + 1,), dtype=np.float32)
 
+        # Per-step constants, so that step() is a handful of array operations (no pandas, no
+        # per-step allocation of index arrays).
+        self._open_safe = np.where(listed_close, self._open0, 1.0)
+        self._keep = np.hstack([self._listed, np.ones((days.size, 1), dtype=bool)])  # (K, N + 1) tradable
+        self._obs = np.zeros(self.observation_space.shape, dtype=np.float32)
+        self._obs_low, self._obs_high = self.observation_space.low, self.observation_space.high
+
         self._k = 0
         self._stop = 0
         self._units = np.zeros(n)
@@ -181,31 +197,46 @@ class AllocationEnv(gymnasium.Env):
         self._value = 1.0
         self._peak = 1.0
         self._last_return = 0.0
-        self._recent: deque[np.ndarray] = deque(maxlen=VOL_WINDOW_WEEKS)
+        # Daily returns of the last VOL_WINDOW_WEEKS steps as (count, sum, sum of squares) per
+        # step: the volatility feature without concatenating arrays every step.
+        self._recent: deque[tuple[int, float, float]] = deque(maxlen=VOL_WINDOW_WEEKS)
 
     # -- mapping -------------------------------------------------------------------------------
 
     def action_to_weights(self, action: np.ndarray, listed: np.ndarray) -> np.ndarray:
         """Target weights (N + 1,) for `action` (N + 1,) given the `listed` mask (N,): simplex
         projection of ``scale · clip(action, -1, 1)`` over the listed assets and cash."""
-        a = np.clip(np.asarray(action, dtype="float64").reshape(-1), -1.0, 1.0) * self.action_scale
-        keep = np.append(listed, True)
+        return self._project(action, np.append(listed, True))
+
+    def _project(self, action: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        a = np.asarray(action, dtype="float64").reshape(-1)[keep]
         w = np.zeros(self.n_assets + 1)
-        w[keep] = project_simplex(a[keep])
+        w[keep] = project_simplex(np.minimum(np.maximum(a, -1.0), 1.0) * self.action_scale)
         return w
 
     # -- gymnasium API -------------------------------------------------------------------------
 
     def _observation(self, day: int) -> np.ndarray:
         """Observation at the close of `day` (the current state's day); see the module docstring."""
-        v_assets = self._close0[day] * self._units
-        weights = np.append(v_assets, self._cash) / self._value
-        r = np.concatenate(self._recent) if self._recent else np.empty(0)
-        vol = float(r.std(ddof=1) * np.sqrt(PERIODS_PER_YEAR)) if r.size >= 2 else 0.0
-        state = [self._last_return, self._value / self._peak - 1.0, vol]
-        obs = np.concatenate([self._probs[day], weights, state, self._listed_days[day]]).astype(np.float32)
+        n, p = self.n_assets, self.n_probs
+        obs = self._obs
+        obs[:p] = self._probs[day]
+        obs[p : p + n] = self._close0[day] * self._units / self._value
+        obs[p + n] = self._cash / self._value
+        count, total, squares = 0, 0.0, 0.0
+        for c, s, q in self._recent:
+            count, total, squares = count + c, total + s, squares + q
+        if count >= 2:
+            variance = max(squares - total * total / count, 0.0) / (count - 1)
+            vol = math.sqrt(variance * PERIODS_PER_YEAR)
+        else:
+            vol = 0.0
+        obs[p + n + 1] = self._last_return
+        obs[p + n + 2] = self._value / self._peak - 1.0
+        obs[p + n + 3] = vol
+        obs[p + n + 4 :] = self._listed_days[day]
         # Float32 rounding may step a hair outside the declared bounds (e.g. a weight 1 + 1e-16).
-        return np.clip(obs, self.observation_space.low, self.observation_space.high)
+        return np.minimum(np.maximum(obs, self._obs_low), self._obs_high)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start all in cash with value 1.0 at the close of the episode's first decision day.
@@ -236,7 +267,8 @@ class AllocationEnv(gymnasium.Env):
         """Trade to the target of `action` at the next open, hold to the next decision close.
 
         info: ``target`` (N + 1,), ``turnover``, ``cost`` (in equity units, start = 1.0),
-        ``daily_returns`` (n,), ``equity`` (n,) closes of the week's days ``days`` (n,) indices,
+        ``daily_returns`` (n,), ``equity`` (n,) closes of the week's days, ``first_day`` (the index of
+        the trade day, the first of those n days),
         ``value`` (the week's final value), ``reference_growth``.
         """
         if self._k >= self._stop:
@@ -244,34 +276,36 @@ class AllocationEnv(gymnasium.Env):
         n, k = self.n_assets, self._k
         d, e = int(self.decision_days[k]), int(self.ends[k])
         t = d + 1
-        target = self.action_to_weights(action, self._listed[k])
+        target = self._project(action, self._keep[k])
 
-        # Same operations, in the same order, as portfolio.simulate: bit-for-bit equal equity.
-        held_open = self._units * self._open0[t]
-        v_open = self._cash + held_open.sum()
-        drifted = held_open / v_open
-        turnover = float(np.abs(target[:n] - drifted).sum())
+        # Same operations, in the same order, as portfolio.simulate (equal equity to ~1e-15).
+        open_t = self._open0[t]
+        held_open = self._units * open_t
+        v_open = self._cash + float(np.add.reduce(held_open))
+        turnover = float(np.add.reduce(np.abs(target[:n] - held_open / v_open)))
         cost = self.rate * turnover * v_open
         v_after = v_open - cost
-        target = np.clip(target, 0.0, None)
-        target = target / target.sum()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self._units = np.where(target[:n] > 0, target[:n] * v_after / self._open0[t], 0.0)
-        self._cash = target[n] * v_after
-        equity = self._cash + (self._close0[t : e + 1] * self._units).sum(axis=1)  # (n_days,)
-        previous = np.concatenate([[self._value], equity[:-1]])
+        # An unlisted asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
+        self._units = target[:n] * (v_after / self._open_safe[t])
+        self._cash = float(target[n] * v_after)
+        equity = self._close0[t : e + 1] @ self._units + self._cash  # (n_days,)
+        previous = np.empty_like(equity)
+        previous[0] = self._value
+        previous[1:] = equity[:-1]
         daily = equity / previous - 1.0
 
-        growth = float(np.log(equity[-1] / self._value))
-        downside = float(np.sqrt(np.mean(np.minimum(daily, 0.0) ** 2)) * np.sqrt(daily.size))
+        last = float(equity[-1])
+        growth = math.log(last / self._value)
+        losses = np.minimum(daily, 0.0)
+        downside = math.sqrt(float(losses @ losses))  # = sqrt(mean(min(r, 0)²)) · sqrt(n)
         ref = float(self._ref_growth[k])
         c = self.reward_config
         reward = growth - c.downside * downside - c.turnover * turnover - c.shortfall * max(0.0, ref - growth)
 
-        self._last_return = float(equity[-1] / self._value - 1.0)
-        self._value = float(equity[-1])
-        self._peak = max(self._peak, float(equity.max()))
-        self._recent.append(daily)
+        self._last_return = last / self._value - 1.0
+        self._value = last
+        self._peak = max(self._peak, float(np.maximum.reduce(equity)))
+        self._recent.append((daily.size, float(np.add.reduce(daily)), float(daily @ daily)))
         self._k += 1
         terminated = self._k >= self.decision_days.size
         truncated = not terminated and self._k >= self._stop
@@ -282,7 +316,7 @@ class AllocationEnv(gymnasium.Env):
             "cost": cost,
             "daily_returns": daily,
             "equity": equity,
-            "days": np.arange(t, e + 1),
+            "first_day": t,
             "value": self._value,
             "reference_growth": ref,
         }

@@ -133,3 +133,38 @@ def plot_attention(by_lag: dict[str, list[float]]) -> plt.Figure:
     ax.set_ylabel("mean attention weight")
     ax.legend(fontsize=8)
     return fig
+
+
+def plot_validation_curves(curves: dict[str, list[tuple[int, float]]], chosen: str, chosen_step: int) -> plt.Figure:
+    """Val score by training step for each seed; the kept policy (seed and step) marked."""
+    fig, ax = plt.subplots(figsize=(9, 3.4), constrained_layout=True)
+    for name, points in curves.items():
+        steps, scores = zip(*points) if points else ((), ())
+        ax.plot(steps, scores, marker=".", lw=1.6 if name == chosen else 0.9, label=name)
+    best = dict(curves[chosen])[chosen_step]
+    ax.plot([chosen_step], [best], "k*", ms=12, label=f"kept: {chosen} at step {chosen_step:,}")
+    ax.set_xlabel("environment steps (weeks)")
+    ax.set_ylabel("val Sortino")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_equity_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> plt.Figure:
+    """Equity (log scale, start = 1) and drawdown from the running peak, per strategy.
+
+    :param curves: ``{name: (dates (T,), equity (T,))}``
+    """
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]}, constrained_layout=True
+    )
+    for name, (dates, equity) in curves.items():
+        x = pd.to_datetime(pd.Series(dates))
+        top.plot(x, equity, lw=1.5 if name.startswith("ppo") else 1.0, label=name)
+        bottom.plot(x, equity / np.maximum.accumulate(equity) - 1.0, lw=0.9)
+    top.set_yscale("log")
+    top.axhline(1.0, color="grey", lw=0.6)
+    top.set_ylabel("equity (start = 1)")
+    top.legend(fontsize=8, ncol=3)
+    top.set_title(title, fontsize=10)
+    bottom.set_ylabel("drawdown")
+    return fig

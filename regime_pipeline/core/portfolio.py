@@ -30,8 +30,8 @@ Model (long-only, N assets quoted in USDT plus USDT cash):
   counted once and NOT halved: cash -> 100% BTC is 1.0 (one buy), 100% BTC -> 100% ETH is
   2.0 (a sell and a buy), each paying the per-side fee + slippage.
 
-The loop runs over rebalances only (weekly: a few hundred over the whole history); the days
-between two trades are computed with array operations.
+The loop runs over rebalances only (weekly: a few hundred over the whole history), a few
+operations each; the days are then computed all at once with array operations.
 """
 
 from __future__ import annotations
@@ -139,6 +139,22 @@ def validate_weights(
         )
 
 
+def _validate_all(targets: np.ndarray, prices: np.ndarray, explain) -> None:
+    """Check all (K, N + 1) `targets` against their (K, N) trade-day `prices` as
+    :func:`validate_weights` does; on a failure, call ``explain(k)`` for the first bad row k
+    (which raises with the row's day and symbol)."""
+    n = prices.shape[1]
+    bad = (
+        ~np.isfinite(targets).all(axis=1)
+        | (targets < -WEIGHT_TOL).any(axis=1)
+        | (np.abs(targets.sum(axis=1) - 1.0) > WEIGHT_TOL)
+        | (np.isnan(prices) & (targets[:, :n] > 0)).any(axis=1)
+    )
+    if bad.any():
+        explain(int(np.flatnonzero(bad)[0]))
+        raise AssertionError("validate_weights accepted a target the batch check refused")
+
+
 def simulate(
     open_: np.ndarray,
     close: np.ndarray,
@@ -180,61 +196,66 @@ def simulate(
         raise ValueError(f"cost rate must be >= 0, got {rate}")
     label = (lambda t: dates[t]) if dates is not None else (lambda t: f"day {t}")
 
-    # Prices with NaN -> 0 for the matrix products: an unlisted asset is held in 0 units, and
-    # 0 * NaN would poison the portfolio value. Holding an asset with a missing price is
-    # checked explicitly below.
+    # Prices with NaN -> 0 for the products: an unlisted asset is held in 0 units, and 0 * NaN
+    # would poison the portfolio value. Holding an asset with a missing price is checked
+    # explicitly below.
     open0 = np.nan_to_num(open_, nan=0.0)
     close0 = np.nan_to_num(close, nan=0.0)
 
-    value_close = np.empty(t_days)
-    value_open = np.empty(t_days)
-    weights = np.empty((t_days, n + 1))
     turnover = np.empty(days.size)
     costs = np.empty(days.size)
 
-    units = np.zeros(n)
-    cash = 1.0
-    # Segment boundaries: day 0, each trade day, T. Within [start, stop) the holdings are fixed
-    # from `start`'s open (after its trade) onwards.
+    # Validate every target at once (the per-target check runs only to name the first bad one).
     trades = days + 1
+    if days.size:
+        _validate_all(targets, open_[trades], lambda k: validate_weights(
+            targets[k], open_[trades[k]], symbol_names=symbols,
+            day=f"{label(trades[k])}'s open (decided at the close of {label(days[k])})",
+        ))
+    # Clip float dust (e.g. -1e-17) and renormalise so weights stay exactly valid.
+    clean = np.clip(targets, 0.0, None)
+    clean = clean / clean.sum(axis=1, keepdims=True) if days.size else clean
+    # An unlisted asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
+    open_safe = np.where(np.isnan(open_), 1.0, open_)
+
+    # The sequential part, trade by trade: the holdings after each trade. Segment k covers the
+    # days [bounds[k], bounds[k + 1]) held with seg_units[k] and seg_cash[k] (segment 0: the
+    # capital 1.0 in cash, before the first trade).
+    seg_units = np.zeros((days.size + 1, n))
+    seg_cash = np.ones(days.size + 1)
+    v_after = np.empty(days.size)
+    units, cash = seg_units[0], 1.0
+    for k, t in enumerate(trades):
+        held_open = units * open0[t]
+        v_open = cash + float(np.add.reduce(held_open))
+        turnover[k] = float(np.add.reduce(np.abs(targets[k, :n] - held_open / v_open)))
+        costs[k] = rate * turnover[k] * v_open
+        v_after[k] = v_open - costs[k]
+        units = clean[k, :n] * (v_after[k] / open_safe[t])
+        cash = float(clean[k, n] * v_after[k])
+        seg_units[k + 1], seg_cash[k + 1] = units, cash
+
+    # Everything per day, at once: holdings repeated over their segment's days.
     bounds = np.concatenate([[0], trades, [t_days]])
-    for k in range(bounds.size - 1):
-        start, stop = int(bounds[k]), int(bounds[k + 1])
-        if k > 0:  # a trade at the open of `start`
-            target = targets[k - 1]
-            validate_weights(
-                target, open_[start], symbol_names=symbols,
-                day=f"{label(start)}'s open (decided at the close of {label(start - 1)})",
-            )
-            held_open = units * open0[start]
-            v_open = cash + held_open.sum()
-            drifted = held_open / v_open
-            turnover[k - 1] = np.abs(target[:n] - drifted).sum()
-            costs[k - 1] = rate * turnover[k - 1] * v_open
-            v_after = v_open - costs[k - 1]
-            # Clip float dust (e.g. -1e-17) and renormalise so weights stay exactly valid.
-            target = np.clip(target, 0.0, None)
-            target = target / target.sum()
-            with np.errstate(divide="ignore", invalid="ignore"):
-                units = np.where(target[:n] > 0, target[:n] * v_after / open0[start], 0.0)
-            cash = target[n] * v_after
-            value_open[start] = v_after
-        else:
-            value_open[0] = 1.0
-        held = units > 0
-        if held.any():
-            gap = np.isnan(close[start:stop][:, held]).any(axis=1) | np.isnan(open_[start:stop][:, held]).any(axis=1)
-            if gap.any():
-                t = start + int(np.flatnonzero(gap)[0])
-                missing = np.flatnonzero(held & (np.isnan(close[t]) | np.isnan(open_[t])))
-                names = ", ".join(_label(int(i), symbols, "asset") for i in missing)
-                raise ValueError(f"held asset(s) {names} have no price on {label(t)}")
-        asset_values = close0[start:stop] * units  # (stop - start, N)
-        value_close[start:stop] = cash + asset_values.sum(axis=1)
-        weights[start:stop, :n] = asset_values / value_close[start:stop, None]
-        weights[start:stop, n] = cash / value_close[start:stop]
-        # Opens of the non-trade days in the segment: same holdings, no cost.
-        value_open[start + 1 : stop] = cash + open0[start + 1 : stop] @ units
+    lengths = np.diff(bounds)
+    units_daily = np.repeat(seg_units, lengths, axis=0)  # (T, N)
+    cash_daily = np.repeat(seg_cash, lengths)  # (T,)
+    held = units_daily > 0
+    gap = (held & (np.isnan(close) | np.isnan(open_))).any(axis=1)
+    if gap.any():
+        t = int(np.flatnonzero(gap)[0])
+        bad = np.flatnonzero(held[t] & (np.isnan(close[t]) | np.isnan(open_[t])))
+        names = ", ".join(_label(int(i), symbols, "asset") for i in bad)
+        raise ValueError(f"held asset(s) {names} have no price on {label(t)}")
+    asset_values = close0 * units_daily
+    value_close = cash_daily + asset_values.sum(axis=1)
+    weights = np.empty((t_days, n + 1))
+    weights[:, :n] = asset_values / value_close[:, None]
+    weights[:, n] = cash_daily / value_close
+    # Opens: same holdings as the day's close except on trade days, where the value after the
+    # trade and its cost is recorded.
+    value_open = cash_daily + (open0 * units_daily).sum(axis=1)
+    value_open[trades] = v_after
 
     returns = np.empty(t_days)
     returns[0] = 0.0

@@ -1,0 +1,82 @@
+"""`ppo_policy` and `allocation_backtest` materialized in-process (fast profile) on the embedded
+daily bars and synthetic regime probabilities in a temporary warehouse."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from regime_pipeline.configs import splits
+from regime_pipeline.core import allocation
+from regime_pipeline.core.allocation import AllocationPolicy
+from regime_pipeline.core.strategies import run_benchmarks
+from regime_pipeline.definitions import all_assets
+from regime_pipeline.resources import build_resources
+from regime_pipeline.resources.artifacts import sha256_file
+from regime_pipeline.resources.warehouse import read_table
+from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities, write_table
+
+FAST = {"ops": {"ppo_policy": {"config": {"profile": "fast"}}}}
+
+
+@pytest.fixture(scope="module")
+def materialized(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    database = str(data_dir / "warehouse.duckdb")
+    write_table(database, "daily_bars", embedded_daily_bars())
+    write_table(database, "regime_probabilities", synthetic_probabilities())
+    resources = build_resources(str(data_dir))
+    with dg.instance_for_test() as instance:
+        policy = dg.materialize(all_assets, selection=["ppo_policy"], resources=resources, instance=instance, run_config=FAST)
+        backtest = dg.materialize(all_assets, selection=["allocation_backtest"], partition_key="test",
+                                  resources=resources, instance=instance)
+    return data_dir, policy, backtest
+
+
+def test_ppo_policy_keeps_the_best_val_seed_and_reports_every_seed(materialized) -> None:
+    data_dir, result, _ = materialized
+    assert result.success
+    artifact = json.loads((data_dir / "models" / "ppo_policy.json").read_text())
+    val_by_seed = {int(s): v["val_sortino"] for s, v in artifact["seeds"].items()}
+    assert sorted(val_by_seed) == [0, 1, 2]
+    assert artifact["chosen_seed"] == max(val_by_seed, key=val_by_seed.get)
+    assert artifact["policy"] == artifact["seeds"][str(artifact["chosen_seed"])]["policy"]
+    zip_path = data_dir / "models" / "ppo_policy.zip"
+    assert artifact["sb3_model"]["sha256"] == sha256_file(zip_path)
+    metadata = result.asset_materializations_for_node("ppo_policy")[0].metadata
+    assert "data:image/png;base64" in metadata["val_sortino_by_step"].value
+    assert metadata["chosen_seed"].value == artifact["chosen_seed"]
+    assert "±" in metadata["val_sortino_seeds"].value
+
+
+def test_allocation_backtest_compares_ppo_with_the_benchmarks_on_one_accounting(materialized) -> None:
+    data_dir, _, result = materialized
+    assert result.success
+    table = read_table(str(data_dir / "warehouse.duckdb"), "allocation_backtest")
+    assert set(table["split"]) == {"test"}
+    assert list(table["strategy"]) == [
+        "ppo", "ppo_seeds_mean (n=3)", "ppo_seeds_sd", "btc_buy_and_hold", "equal_weight",
+        "inverse_volatility", "momentum_inverse_vol",
+    ]
+    split = splits()["test"]
+    bars = embedded_daily_bars()
+    expected = run_benchmarks(bars, split.start, split.end)
+    rows = table.set_index("strategy")
+    for name, r in expected.items():
+        assert rows.loc[name, "total_return"] == pytest.approx(r.summary()["total_return"], abs=1e-12)
+        assert rows.loc[name, "sortino"] == pytest.approx(r.summary()["sortino"], abs=1e-12)
+    artifact = json.loads((data_dir / "models" / "ppo_policy.json").read_text())
+    data = allocation.allocation_data(bars, synthetic_probabilities())
+    mine = allocation.backtest_policy(AllocationPolicy.from_dict(artifact["policy"]), data, split.start, split.end)
+    assert rows.loc["ppo", "cagr"] == pytest.approx(mine.summary()["cagr"], abs=1e-12)
+    seeds = [allocation.backtest_policy(AllocationPolicy.from_dict(s["policy"]), data, split.start, split.end)
+             .summary()["sharpe"] for s in artifact["seeds"].values()]
+    assert rows.loc["ppo_seeds_mean (n=3)", "sharpe"] == pytest.approx(np.mean(seeds), abs=1e-12)
+    assert rows.loc["ppo_seeds_sd", "sharpe"] == pytest.approx(np.std(seeds, ddof=1), abs=1e-12)
+    metadata = result.asset_materializations_for_node("allocation_backtest")[0].metadata
+    assert "data:image/png;base64" in metadata["equity"].value
+    assert (data_dir / "reports" / "allocation_test.md").exists()
