@@ -26,3 +26,9 @@ def test_make_run_materializes_every_stage(tmp_path, monkeypatch, capsys):
     chosen = json.loads((tmp_path / "data" / "models" / "selected_features.json").read_text())
     assert all(chosen[group]["selected"] for group in ("vol", "trend", "cross"))
     assert "Selected features:" in out and "vol regime days per split" in out
+    assert "Allocation backtests" in out
+    backtest = read_table(database, "allocation_backtest")
+    assert set(backtest["split"]) == {"train", "val", "test", "holdout"}
+    assert {"ppo", "btc_buy_and_hold", "equal_weight", "inverse_volatility", "momentum_inverse_vol"} <= set(backtest["strategy"])
+    policy = json.loads((tmp_path / "data" / "models" / "ppo_policy.json").read_text())
+    assert len(policy["seeds"]) >= 3
