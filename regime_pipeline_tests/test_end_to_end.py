@@ -26,3 +26,5 @@ def test_make_run_materializes_every_stage(tmp_path, monkeypatch, capsys):
     chosen = json.loads((tmp_path / "data" / "models" / "selected_features.json").read_text())
     assert all(chosen[group]["selected"] for group in ("vol", "trend", "cross"))
     assert "Selected features:" in out and "vol regime days per split" in out
+    assert set(read_table(database, "vol_forecast_report")["split"]) == {"train", "val", "test", "holdout"}
+    assert "Vol forecasts, pooled across assets" in out
