@@ -51,6 +51,8 @@ if _unknown:
 if len(HAR_WINDOWS) != 3 or any(n < 1 for n in HAR_WINDOWS) or any(h < 1 for h in HORIZONS):
     raise ValueError("configs/forecasts.yaml: har.windows_days must be 3 positive windows, horizons_days positive")
 
+#: Fewest (date, horizon) rows an asset needs in the fit window: 10 per HAR coefficient.
+MIN_FIT_ROWS = 40
 #: Days of bars before `start` that :func:`forecast` needs: n returns take n + 1 closes, so
 #: the longest HAR window (or naive horizon) of n returns ending on d needs bars d - n .. d.
 LOOKBACK_DAYS: int = max(*HAR_WINDOWS, *HORIZONS)
@@ -286,6 +288,8 @@ class VolForecastModels:
             raise ValueError(
                 f"vol forecast models were fitted on {data['lgbm_features']}, the config lists {LGBM_FEATURES}: refit them"
             )
+        if sorted(int(h) for h in data["lgbm"]) != sorted(HORIZONS):
+            raise ValueError(f"vol forecast models have horizons {sorted(data['lgbm'])}, the config lists {HORIZONS}: refit them")
         return cls(
             har={int(h): {s: np.asarray(c, dtype="float64") for s, c in by.items()} for h, by in data["har"].items()},
             lgbm={int(h): str(text) for h, text in data["lgbm"].items()},
@@ -322,7 +326,7 @@ def fit_models(bars: pd.DataFrame, vol_features: pd.DataFrame, start: dt.date, e
 
     :param bars: daily bars; only those dated in the window are used
     :param vol_features: ``vol_features`` rows; only those dated in the window are used
-    :raises ValueError: an asset with fewer HAR rows than ``4 * 10`` (too few to fit 4 coefficients)
+    :raises ValueError: an asset with fewer than :data:`MIN_FIT_ROWS` rows for a horizon
     """
     import lightgbm as lgb  # heavy import, only paid by code that fits
 
@@ -335,7 +339,7 @@ def fit_models(bars: pd.DataFrame, vol_features: pd.DataFrame, start: dt.date, e
         part = rows.loc[rows["horizon_days"] == h]
         har[h], n_rows[h] = {}, {}
         for symbol, one in part.groupby("symbol", sort=True):
-            if len(one) < 40:
+            if len(one) < MIN_FIT_ROWS:
                 raise ValueError(f"fit_models: {symbol} has {len(one)} rows with inputs and an h={h} target in [{start}, {end})")
             har[h][symbol] = fit_har(one)
             n_rows[h][symbol] = len(one)
