@@ -22,7 +22,7 @@ import pandas as pd
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start
-from regime_pipeline.core import regimes
+from regime_pipeline.core import regimes, vol_forecasts
 from regime_pipeline.partitions import SPLIT_NAMES
 from regime_pipeline.resources import default_data_dir
 from regime_pipeline.resources.warehouse import read_table
@@ -39,6 +39,9 @@ STAGES = (
     Stage("bars", ("minute_bars", "daily_bars"), "daily"),
     Stage("garch", ("garch_params",), "none"),
     Stage("features", ("vol_features", "trend_features", "cross_features"), "daily"),
+    Stage("forecast_models", ("vol_forecast_models",), "none"),
+    Stage("forecasts", ("vol_forecasts",), "daily"),
+    Stage("forecast_reports", ("vol_forecast_report",), "split"),
     Stage("hmm", ("hmm_models",), "none"),
     Stage("labels", ("regime_labels",), "split"),
     Stage("selection", ("selected_features",), "none"),
@@ -99,6 +102,8 @@ def summarize(data_dir: str, upto: str) -> str:
         from_minutes=("source", lambda s: int((s == "minutes").sum())), last_close=("close", "last"),
     ).sort_values("first").to_string()]
     names = [s.name for s in STAGES]
+    if names.index(upto) >= names.index("forecast_reports"):
+        out.append(forecast_summary(data_dir))
     if names.index(upto) >= names.index("labels"):
         labels = read_table(database, "regime_labels")
         regime_names = {kind: regimes.settings()[kind]["names"] for kind in ("vol", "trend", "cross")}
@@ -130,6 +135,21 @@ def summarize(data_dir: str, upto: str) -> str:
         table = table.set_index(["split", "strategy"]).loc[SPLIT_NAMES].reset_index()
         out += ["\nAllocation backtests (weekly, net of 15 bps per side, 365-day annualisation):",
                 table.to_string(index=False, float_format="{:.4f}".format)]
+    return "\n".join(out)
+
+
+def forecast_summary(data_dir: str) -> str:
+    """The vol forecasts' pooled RMSE and QLIKE per split, from the reports' JSON files."""
+    rows = []
+    for split in SPLIT_NAMES:
+        scores = json.loads((Path(data_dir) / "reports" / f"vol_forecasts_{split}.json").read_text())
+        rows += [{**r, "split": split} for r in scores if r["symbol"] == "pooled"]
+    frame = pd.DataFrame(rows).assign(model=lambda f: pd.Categorical(f["model"], list(vol_forecasts.MODELS)))
+    out = ["\nVol forecasts, pooled across assets (target: realized vol of the next h days, daily units; fitted on train):"]
+    for metric in ("rmse", "qlike"):
+        table = frame.pivot_table(index=["horizon_days", "model"], columns="split", values=metric, observed=True)
+        table = table.reindex(columns=SPLIT_NAMES)
+        out += [f"{metric.upper()}:", table.to_string(float_format="{:.4f}".format)]
     return "\n".join(out)
 
 

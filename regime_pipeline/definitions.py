@@ -4,10 +4,10 @@ from typing import Any
 
 import dagster as dg
 
-from regime_pipeline.assets import allocation, bars, detectors, features, regimes
+from regime_pipeline.assets import allocation, bars, detectors, features, forecasts, regimes
 from regime_pipeline.resources import build_resources
 
-all_assets = dg.load_assets_from_modules([bars, features, regimes, detectors, allocation])
+all_assets = dg.load_assets_from_modules([bars, features, forecasts, regimes, detectors, allocation])
 
 bars_job = dg.define_asset_job(
     "bars_job",

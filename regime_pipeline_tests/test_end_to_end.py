@@ -32,3 +32,5 @@ def test_make_run_materializes_every_stage(tmp_path, monkeypatch, capsys):
     assert {"ppo", "btc_buy_and_hold", "equal_weight", "inverse_volatility", "momentum_inverse_vol"} <= set(backtest["strategy"])
     policy = json.loads((tmp_path / "data" / "models" / "ppo_policy.json").read_text())
     assert len(policy["seeds"]) >= 3
+    assert set(read_table(database, "vol_forecast_report")["split"]) == {"train", "val", "test", "holdout"}
+    assert "Vol forecasts, pooled across assets" in out

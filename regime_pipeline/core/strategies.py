@@ -237,3 +237,84 @@ def benchmark_results(
     """:func:`run_benchmarks` on prices already pivoted by :func:`wide_prices`."""
     strategies = benchmark_strategies(prices.symbols) if strategies is None else strategies
     return {name: run_strategy(f, prices, start, end, cost) for name, f in strategies.items()}
+
+
+# --------------------------------------------------------------------------------------
+# Inverse volatility on forecast volatility (configs/backtest.yaml `inverse_vol_estimate`)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InverseVolEstimate:
+    """The volatility the inverse-volatility benchmark divides by (configs/backtest.yaml)."""
+
+    source: str  # "trailing" (inverse_vol_window_days of returns) or "forecast"
+    model: str  # with "forecast": a vol_forecasts column, naive | garch | har | lgbm
+    horizon_days: int  # with "forecast": the forecast horizon, one of configs/forecasts.yaml's
+
+
+@cache
+def inverse_vol_estimate() -> InverseVolEstimate:
+    """configs/backtest.yaml ``inverse_vol_estimate`` and ``inverse_vol_forecast``, typed; a
+    file without them means ``trailing``."""
+    raw = load_yaml("backtest")
+    source = str(raw.get("inverse_vol_estimate", "trailing"))
+    forecast = raw.get("inverse_vol_forecast") or {}
+    if source not in ("trailing", "forecast"):
+        raise ValueError(f"configs/backtest.yaml: inverse_vol_estimate must be trailing or forecast, got {source!r}")
+    return InverseVolEstimate(source, str(forecast.get("model", "lgbm")), int(forecast.get("horizon_days", 7)))
+
+
+def forecast_table(vol_forecasts: pd.DataFrame, model: str, horizon_days: int) -> pd.DataFrame:
+    """One model's forecasts as a wide table: index the forecast dates (``datetime.date``),
+    columns the symbols, values the forecast volatility (daily units) made at that day's close.
+
+    :param vol_forecasts: rows of the `vol_forecasts` asset (``date, symbol, horizon_days``
+        and one column per model)
+    """
+    if model not in vol_forecasts.columns:
+        raise ValueError(f"no forecast column {model!r} in vol_forecasts (columns: {list(vol_forecasts.columns)})")
+    rows = vol_forecasts.loc[vol_forecasts["horizon_days"] == horizon_days]
+    if rows.empty:
+        raise ValueError(f"vol_forecasts has no rows with horizon_days == {horizon_days}")
+    rows = rows.assign(date=pd.to_datetime(rows["date"]).dt.date)
+    return rows.pivot(index="date", columns="symbol", values=model).sort_index()
+
+
+def inverse_vol_forecast_strategy(forecasts: pd.DataFrame, prices: Prices) -> Strategy:
+    """Inverse volatility with forecast volatility: weights ∝ 1/σ̂ over the assets listed on
+    the decision day d that have a positive forecast σ̂ made at d's close; all cash if none.
+
+    :param forecasts: a wide (date x symbol) table of forecast vols, e.g. :func:`forecast_table`
+        (only the ratios matter, so any unit)
+    :param prices: the prices the backtest runs on (``wide_prices(bars, end)``, as
+        :func:`run_benchmarks` builds them): the strategy finds the decision day from the
+        length of the closes it is handed, so it must be given the same calendar
+    :return: a :data:`Strategy`. An asset without a forecast on d (its vol features need ~6
+        months of history, against inverse_vol_window_days for the trailing estimate) gets 0.
+    :raises ValueError: when called on closes that do not match `prices` (another calendar)
+    """
+    sigma = forecasts.reindex(index=list(prices.dates), columns=list(prices.symbols)).to_numpy(dtype="float64")
+    sigma[~(sigma > 0)] = np.nan  # zero, negative or missing: no finite inverse
+
+    def strategy(close: np.ndarray) -> np.ndarray:
+        d = close.shape[0] - 1
+        if close.shape[1] != sigma.shape[1] or d >= sigma.shape[0] or not np.array_equal(
+            close[-1], prices.close[d], equal_nan=True
+        ):
+            raise ValueError("inverse_vol_forecast_strategy: the closes do not match the prices it was built with")
+        return _inverse_vol_weights(sigma[d], np.isfinite(close[-1]))
+
+    return strategy
+
+
+def configured_inverse_volatility(prices: Prices, vol_forecasts: pd.DataFrame | None = None) -> Strategy:
+    """The inverse-volatility benchmark as configs/backtest.yaml chooses: ``trailing`` gives
+    exactly ``benchmark_strategies(...)["inverse_volatility"]``; ``forecast`` gives
+    :func:`inverse_vol_forecast_strategy` on the configured model and horizon of `vol_forecasts`."""
+    choice = inverse_vol_estimate()
+    if choice.source == "trailing":
+        return partial(inverse_volatility, window=settings().inverse_vol_window_days)
+    if vol_forecasts is None:
+        raise ValueError("configs/backtest.yaml: inverse_vol_estimate is forecast, but no vol_forecasts were given")
+    return inverse_vol_forecast_strategy(forecast_table(vol_forecasts, choice.model, choice.horizon_days), prices)
