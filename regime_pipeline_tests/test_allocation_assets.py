@@ -13,7 +13,13 @@ import pytest
 from regime_pipeline.configs import splits
 from regime_pipeline.core import allocation
 from regime_pipeline.core.allocation import AllocationPolicy
-from regime_pipeline.core.strategies import run_benchmarks
+from regime_pipeline.core.strategies import (
+    forecast_table,
+    inverse_vol_forecast_strategy,
+    run_benchmarks,
+    run_strategy,
+    wide_prices,
+)
 from regime_pipeline.definitions import all_assets
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.artifacts import sha256_file
@@ -23,12 +29,23 @@ from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probab
 FAST = {"ops": {"ppo_policy": {"config": {"profile": "fast"}}}}
 
 
+def _forecasts() -> pd.DataFrame:
+    """Random positive `vol_forecasts` rows (both horizons, the four models) from mid-2018."""
+    keys = embedded_daily_bars()[["date", "symbol"]]
+    keys = keys.loc[keys["date"] >= pd.Timestamp("2018-06-01").date()].reset_index(drop=True)
+    rng = np.random.default_rng(3)
+    frames = [keys.assign(horizon_days=h, **{m: rng.uniform(0.01, 0.08, len(keys)) for m in ("naive", "garch", "har", "lgbm")})
+              for h in (1, 7)]
+    return pd.concat(frames, ignore_index=True)
+
+
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")
     database = str(data_dir / "warehouse.duckdb")
     write_table(database, "daily_bars", embedded_daily_bars())
     write_table(database, "regime_probabilities", synthetic_probabilities())
+    write_table(database, "vol_forecasts", _forecasts())
     resources = build_resources(str(data_dir))
     with dg.instance_for_test() as instance:
         policy = dg.materialize(all_assets, selection=["ppo_policy"], resources=resources, instance=instance, run_config=FAST)
@@ -60,12 +77,15 @@ def test_allocation_backtest_compares_ppo_with_the_benchmarks_on_one_accounting(
     assert set(table["split"]) == {"test"}
     assert list(table["strategy"]) == [
         "ppo", "ppo_seeds_mean (n=3)", "ppo_seeds_sd", "btc_buy_and_hold", "equal_weight",
-        "inverse_volatility", "momentum_inverse_vol",
+        "inverse_volatility", "momentum_inverse_vol", "inverse_vol_forecast",
     ]
     split = splits()["test"]
     bars = embedded_daily_bars()
     expected = run_benchmarks(bars, split.start, split.end)
     rows = table.set_index("strategy")
+    prices = wide_prices(bars)
+    forecast = inverse_vol_forecast_strategy(forecast_table(_forecasts(), "lgbm", 7), prices)
+    expected["inverse_vol_forecast"] = run_strategy(forecast, prices, split.start, split.end)
     for name, r in expected.items():
         assert rows.loc[name, "total_return"] == pytest.approx(r.summary()["total_return"], abs=1e-12)
         assert rows.loc[name, "sortino"] == pytest.approx(r.summary()["sortino"], abs=1e-12)

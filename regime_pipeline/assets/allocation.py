@@ -13,6 +13,7 @@ from regime_pipeline.configs import splits
 from regime_pipeline.core import allocation, performance, ppo
 from regime_pipeline.core.allocation import AllocationData, AllocationPolicy
 from regime_pipeline.core.plots import figure_to_markdown, plot_equity_curves, plot_validation_curves
+from regime_pipeline.core.strategies import backtest_benchmarks
 from regime_pipeline.partitions import SPLIT
 from regime_pipeline.resources.artifacts import write_atomic
 from regime_pipeline.resources.storage import ProjectStorage
@@ -119,11 +120,13 @@ def ppo_policy(
 
 
 def backtest_table(
-    data: AllocationData, artifact: dict, start: dt.date, end: dt.date,
+    data: AllocationData, artifact: dict, vol_forecasts: pd.DataFrame, start: dt.date, end: dt.date,
 ) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Metrics of the deployed PPO seed, the mean and sd over all seeds, and the four
-    benchmarks on ``start..end``; and their equity curves."""
-    results = allocation.compare(data, {"ppo": AllocationPolicy.from_dict(artifact["policy"])}, start, end)
+    """Metrics of the deployed PPO seed, the mean and sd over all seeds, and the benchmarks
+    (inverse volatility on both trailing and forecast volatility) on ``start..end``; and their
+    equity curves."""
+    benchmarks = backtest_benchmarks(data.prices, vol_forecasts)
+    results = allocation.compare(data, {"ppo": AllocationPolicy.from_dict(artifact["policy"])}, start, end, benchmarks)
     rows = [{"strategy": name, **{k: r.summary()[k] for k in METRICS}} for name, r in results.items()]
     seeds = [allocation.backtest_policy(AllocationPolicy.from_dict(s["policy"]), data, start, end).summary()
              for s in artifact["seeds"].values()]
@@ -138,21 +141,22 @@ def backtest_table(
     group_name=GROUP,
     partitions_def=SPLIT,
     ins={"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabilities": dg.AssetIn(partition_mapping=ALL),
-         "ppo_policy": dg.AssetIn()},
+         "vol_forecasts": dg.AssetIn(partition_mapping=ALL), "ppo_policy": dg.AssetIn()},
     metadata={"partition_expr": "split"},
     pool="warehouse",
 )
 def allocation_backtest(
     context: dg.AssetExecutionContext, storage: ProjectStorage, daily_bars: pd.DataFrame,
-    regime_probabilities: pd.DataFrame, ppo_policy: dict,
+    regime_probabilities: pd.DataFrame, vol_forecasts: pd.DataFrame, ppo_policy: dict,
 ) -> dg.Output[pd.DataFrame]:
     """PPO (the deployed seed, and the mean ± sd over seeds) against BTC buy-and-hold, equal
-    weight, inverse volatility and momentum + inverse vol on the split: weekly rebalances,
+    weight, inverse volatility (on trailing and on forecast volatility) and momentum + inverse
+    vol on the split: weekly rebalances,
     decisions at Sunday's close traded at Monday's open, 10 bps fee + 5 bps slippage per side,
     metrics on daily net returns over 365 days a year."""
     split = splits()[context.partition_key]
     data = _inputs(daily_bars, regime_probabilities)
-    table, curves = backtest_table(data, ppo_policy, split.start, split.end)
+    table, curves = backtest_table(data, ppo_policy, vol_forecasts, split.start, split.end)
     table.insert(0, "split", split.name)
     fig = plot_equity_curves(curves, f"{split.name} {split.start}..{split.end}, net of costs")
     report = storage.reports_dir / f"allocation_{split.name}.md"

@@ -21,7 +21,14 @@ import pandas as pd
 
 from regime_pipeline.core.env import AllocationEnv, RewardConfig
 from regime_pipeline.core.portfolio import Result, simulate
-from regime_pipeline.core.strategies import Prices, benchmark_results, decision_days, settings, wide_prices
+from regime_pipeline.core.strategies import (
+    Prices,
+    Strategy,
+    benchmark_results,
+    decision_days,
+    settings,
+    wide_prices,
+)
 
 ASSET_PREFIXES = ("vol_", "trend_")
 MARKET_PREFIX = "cross_"
@@ -196,11 +203,13 @@ def backtest_policy(policy: AllocationPolicy, data: AllocationData, start: dt.da
 
 def compare(
     data: AllocationData, policies: Mapping[str, AllocationPolicy], start: dt.date, end: dt.date,
+    benchmarks: Mapping[str, Strategy] | None = None,
 ) -> dict[str, Result]:
-    """Backtests of `policies` and of the four benchmarks over ``start..end``, all on the same
-    prices, decision days, accounting and costs: ``{name: Result}``, policies first."""
+    """Backtests of `policies` and of `benchmarks` (default: the four of
+    :func:`strategies.benchmark_strategies`) over ``start..end``, all on the same prices,
+    decision days, accounting and costs: ``{name: Result}``, policies first."""
     results = {name: backtest_policy(policy, data, start, end) for name, policy in policies.items()}
-    results.update(benchmark_results(data.prices, start, end))
+    results.update(benchmark_results(data.prices, start, end, None if benchmarks is None else dict(benchmarks)))
     return results
 
 

@@ -308,6 +308,22 @@ def inverse_vol_forecast_strategy(forecasts: pd.DataFrame, prices: Prices) -> St
     return strategy
 
 
+def backtest_benchmarks(prices: Prices, vol_forecasts: pd.DataFrame) -> dict[str, Strategy]:
+    """The benchmarks an allocation backtest reports: the four of :func:`benchmark_strategies`
+    with `inverse_volatility` on the configured estimate (configs/backtest.yaml
+    ``inverse_vol_estimate``), plus the other estimate under its own name
+    (``inverse_vol_forecast`` or ``inverse_vol_trailing``), so both are always reported."""
+    strategies = benchmark_strategies(prices.symbols)
+    choice = inverse_vol_estimate()
+    trailing = strategies["inverse_volatility"]
+    forecast = inverse_vol_forecast_strategy(forecast_table(vol_forecasts, choice.model, choice.horizon_days), prices)
+    if choice.source == "trailing":
+        strategies["inverse_vol_forecast"] = forecast
+    else:
+        strategies["inverse_volatility"], strategies["inverse_vol_trailing"] = forecast, trailing
+    return strategies
+
+
 def configured_inverse_volatility(prices: Prices, vol_forecasts: pd.DataFrame | None = None) -> Strategy:
     """The inverse-volatility benchmark as configs/backtest.yaml chooses: ``trailing`` gives
     exactly ``benchmark_strategies(...)["inverse_volatility"]``; ``forecast`` gives
