@@ -273,10 +273,28 @@ class AllocationEnv(gymnasium.Env):
         """
         if self._k >= self._stop:
             raise RuntimeError("step() called after the episode ended; call reset()")
+        return self.step_weights(self._project(action, self._keep[self._k]))
+
+    def pending_weights(self, action: np.ndarray) -> np.ndarray:
+        """The target weights (N + 1,) `action` maps to at the current decision."""
+        return self._project(action, self._keep[self._k])
+
+    def book_at_next_open(self) -> tuple[np.ndarray, float]:
+        """The portfolio at the open of the next trade day, before trading: weights (N + 1,),
+        cash last, and value (start = 1.0). What a risk check sees before the trade."""
+        t = int(self.decision_days[self._k]) + 1
+        held = self._units * self._open0[t]
+        value = self._cash + float(np.add.reduce(held))
+        return np.append(held, self._cash) / value, value
+
+    def step_weights(self, target: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """:meth:`step` with explicit target weights (N + 1,), long-only, summing to 1, zero on
+        the assets not listed at the decision (e.g. an action's weights after risk limits)."""
+        if self._k >= self._stop:
+            raise RuntimeError("step() called after the episode ended; call reset()")
         n, k = self.n_assets, self._k
         d, e = int(self.decision_days[k]), int(self.ends[k])
         t = d + 1
-        target = self._project(action, self._keep[k])
 
         # Same operations, in the same order, as portfolio.simulate (equal equity to ~1e-15).
         open_t = self._open0[t]
