@@ -2,11 +2,21 @@
 
 * :class:`PaperBroker` (the default): a simulated account filling at the week's open with the
   backtests' fees and slippage.
+* :class:`BinanceTestnetBroker`: Binance's spot testnet through ccxt, sandbox only.
 
-Every broker implements :class:`Broker`; see :mod:`regime_pipeline.core.brokers.base` for the contract.
+Both implement :class:`Broker`; see :mod:`regime_pipeline.core.brokers.base` for the contract.
 """
 
 from regime_pipeline.core.brokers.base import Broker, BrokerError, OrderOutcomeUnknown, SandboxViolation
+from regime_pipeline.core.brokers.binance_testnet import BinanceTestnetBroker, TestnetSettings
 from regime_pipeline.core.brokers.paper import PaperBroker
 
-__all__ = ["Broker", "BrokerError", "OrderOutcomeUnknown", "PaperBroker", "SandboxViolation"]
+__all__ = [
+    "BinanceTestnetBroker",
+    "Broker",
+    "BrokerError",
+    "OrderOutcomeUnknown",
+    "PaperBroker",
+    "SandboxViolation",
+    "TestnetSettings",
+]
