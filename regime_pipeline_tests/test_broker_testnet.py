@@ -21,7 +21,6 @@ from regime_pipeline.core.brokers import binance_testnet
 from regime_pipeline.core.orders import OrderRequest
 from regime_pipeline.core.sources.ccxt_source import point_at
 from regime_pipeline_tests.fake_binance import (
-    DUPLICATE_ORDER,
     ORDER_DOES_NOT_EXIST,
     FakeBinance,
     FakeSpotAccount,
@@ -136,7 +135,7 @@ def test_a_rate_limited_order_waits_as_told_then_goes_through(
     assert methods[:2] == ["GET", "POST"] and methods[-1] == "POST" and "GET" in methods[2:-1]
 
 
-def test_binance_duplicate_answer_returns_the_existing_order(sleeps: list[float]) -> None:
+def test_binance_duplicate_answer_returns_the_existing_order(sleeps: list[float], caplog: pytest.LogCaptureFixture) -> None:
     account = make_account(duplicate_ids="any")
     with FakeBinance(account=account) as fake:
         broker = make_broker(fake, sleeps)
@@ -144,8 +143,10 @@ def test_binance_duplicate_answer_returns_the_existing_order(sleeps: list[float]
         # The next lookup misses (the first order still in flight, say): the POST is answered
         # "Duplicate order sent." and the broker fetches the existing order instead.
         fake.script(ORDER, Scripted(status=400, body=ORDER_DOES_NOT_EXIST), method="GET")
-        again = broker.submit(order())
+        with caplog.at_level(logging.WARNING, logger=binance_testnet.__name__):
+            again = broker.submit(order())
         assert [r.method for r in fake.requests_to(ORDER)][-3:] == ["GET", "POST", "GET"]
+    assert "Binance answers 'Duplicate order sent.'" in caplog.text
     assert again == first and len(account.orders_for(order().client_order_id)) == 1
 
 
@@ -297,7 +298,3 @@ def test_keys_come_from_the_environment(fake: FakeBinance, sleeps: list[float]) 
 def test_settings_come_from_the_config() -> None:
     settings = TestnetSettings.from_config()
     assert settings.max_create_attempts >= 1 and settings.absent_confirmations >= 1 and settings.timeout_ms > 0
-
-
-def test_duplicate_body_constant_is_binances() -> None:
-    assert DUPLICATE_ORDER == {"code": -2010, "msg": "Duplicate order sent."}

@@ -25,6 +25,10 @@ between leaves intents with no outcome: :meth:`Ledger.reconcile` looks each up a
 its client order id and records what it finds, before anything new is sent. Outcomes are keyed
 by client order id, so nothing is ever recorded twice.
 
+**One rebalance at a time.** :meth:`Ledger.exclusive` holds an OS lock on ``<path>.lock`` for
+a whole rebalance, so two runs of the same week (a retry launched while the first still runs)
+cannot both look an order up, find nothing and send it.
+
 **The book** (:meth:`Ledger.book`): cash = deposits, minus what buys paid, plus what sells
 received, minus fees charged in USDT; a position = bought minus sold minus fees charged in that
 asset (Binance takes a buy's fee in the base asset). Fills are applied one by one in the order
@@ -38,10 +42,14 @@ Units: quantities in base units, prices in USDT per unit, cash, equity and fees 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -158,6 +166,33 @@ class Ledger:
 
     def __repr__(self) -> str:
         return f"Ledger(path={self.path!r})"
+
+    @contextmanager
+    def exclusive(self, wait_s: float = 60.0) -> Iterator[None]:
+        """Hold the ledger's rebalance lock (``<path>.lock``) while inside; wait up to `wait_s`.
+
+        :raises LedgerError: another process (or another ledger object) holds it still
+        """
+        lock_path = Path(self.path + ".lock")
+        handle = lock_path.open("a")
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LedgerError(
+                            f"{lock_path} is held by another rebalance (waited {wait_s:g}s): one at a time"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            handle.close()
 
     # -- the book -----------------------------------------------------------------------
 

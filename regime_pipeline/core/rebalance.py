@@ -198,6 +198,7 @@ def rebalance(
     tag: str | None = None,
     after_submit: Callable[[OrderRequest, OrderOutcome], None] | None = None,
     log: Log | None = None,
+    lock_wait_s: float = 60.0,
 ) -> RebalanceResult:
     """Rebalance the book to `target_weights` for the week starting `week_start` (see the module docstring).
 
@@ -215,10 +216,12 @@ def rebalance(
     :param after_submit: called after each broker answer and before it is recorded (tests use
         it to simulate a crash between the two)
     :param log: receives a line per step (Dagster's ``context.log`` fits)
+    :param lock_wait_s: how long to wait for another rebalance on the same ledger to finish
     :raises StaleDataError, LookAheadError: the data does not end on the day before the week
     :raises ValueError: `week_start` is not the rebalance weekday, the weights are invalid or
         weigh an asset without a price, or the ledger has traded a later week already
     :raises BrokerError: the broker failed as a whole (the ledger keeps what was done)
+    :raises LedgerError: another rebalance holds the ledger for longer than `lock_wait_s`
     """
     log = log if log is not None else logging.getLogger(__name__)
     limits = limits if limits is not None else RiskLimits.from_config()
@@ -231,6 +234,28 @@ def rebalance(
             f"{week_start} is a {week_start:%A}: weeks start on weekday {weekday} (configs/backtest.yaml rebalance_weekday)"
         )
 
+    with ledger.exclusive(wait_s=lock_wait_s):
+        return _rebalance(
+            week_start, target_weights, prices, data_through, broker, ledger, limits, symbols, costs, tag,
+            after_submit, log,
+        )
+
+
+def _rebalance(
+    week_start: dt.date,
+    target_weights: np.ndarray | Sequence[float],
+    prices: Mapping[str, float],
+    data_through: dt.date,
+    broker: Broker,
+    ledger: Ledger,
+    limits: RiskLimits,
+    symbols: tuple[str, ...],
+    costs: Costs,
+    tag: str,
+    after_submit: Callable[[OrderRequest, OrderOutcome], None] | None,
+    log: Log,
+) -> RebalanceResult:
+    """:func:`rebalance` once the arguments are resolved and the ledger's lock is held."""
     reconciliation = ledger.reconcile(broker, current_week=week_start)
     if not reconciliation.empty:
         log.info(
