@@ -87,7 +87,7 @@ def test_an_asset_rebalances_through_the_resource(monkeypatch: pytest.MonkeyPatc
     assert metadata["status"].value == "already_done" and metadata["orders"].value == 2
     assert len(account.orders) == 2
     # Each mode kept its own book.
-    assert {p.name for p in (tmp_path / "ledger").iterdir()} == {
+    assert {p.name for p in (tmp_path / "ledger").glob("*.duckdb")} == {
         "paper.duckdb", "paper_exchange.duckdb", "binance_testnet.duckdb"}
 
 
