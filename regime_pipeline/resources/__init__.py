@@ -1,4 +1,4 @@
-"""Dagster resources: storage, the DuckDB warehouse IO manager, market data sources.
+"""Dagster resources: storage, the DuckDB warehouse IO manager, market data sources, the broker.
 
 :func:`build_resources` is the one place resources are assembled, for the code location
 (from environment variables) and for tests (from arguments).
@@ -11,6 +11,7 @@ from typing import Any
 
 from regime_pipeline.configs import PROJECT_ROOT
 from regime_pipeline.resources.artifacts import JsonArtifactIOManager
+from regime_pipeline.resources.broker import BrokerResource, broker_from_env
 from regime_pipeline.resources.market_data import MarketData
 from regime_pipeline.resources.storage import ProjectStorage
 from regime_pipeline.resources.warehouse import DuckDBTableIOManager
@@ -30,11 +31,14 @@ def market_data_from_env() -> MarketData:
     )
 
 
-def build_resources(data_dir: str | None = None, market_data: MarketData | None = None) -> dict[str, Any]:
+def build_resources(
+    data_dir: str | None = None, market_data: MarketData | None = None, broker: BrokerResource | None = None
+) -> dict[str, Any]:
     storage = ProjectStorage(data_dir=data_dir or default_data_dir())
     return {
         "io_manager": DuckDBTableIOManager(database=storage.warehouse),
         "model_io_manager": JsonArtifactIOManager(root=str(storage.models_dir)),
         "storage": storage,
         "market_data": market_data or market_data_from_env(),
+        "broker": broker or broker_from_env(storage.data_dir),
     }
