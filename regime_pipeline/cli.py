@@ -21,7 +21,7 @@ import dagster as dg
 import pandas as pd
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start
+from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start, splits
 from regime_pipeline.core import regimes, vol_forecasts
 from regime_pipeline.partitions import SPLIT_NAMES
 from regime_pipeline.resources import default_data_dir
@@ -32,7 +32,7 @@ from regime_pipeline.resources.warehouse import read_table
 class Stage:
     name: str
     assets: tuple[str, ...]
-    partitions: str  # "daily" (the run's date range), "split" (each split), or "none"
+    partitions: str  # "daily" (the run's date range), "split" (each split), "weekly", or "none"
 
 
 STAGES = (
@@ -50,6 +50,7 @@ STAGES = (
     Stage("probabilities", ("regime_probabilities",), "daily"),
     Stage("policy", ("ppo_policy",), "none"),
     Stage("backtest", ("allocation_backtest",), "split"),
+    Stage("rebalance", ("weekly_rebalance",), "weekly"),
 )
 
 
@@ -66,6 +67,18 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def paper_weeks(last: dt.date) -> list[dt.date]:
+    """The Mondays the paper book trades in a run ending on `last`: every week of the holdout
+    split (a year of weekly rebalances replayed), through the last Monday whose Sunday close is
+    at or before `last`."""
+    holdout = splits()["holdout"].start
+    first = holdout + dt.timedelta(days=(7 - holdout.weekday()) % 7)
+    final = last + dt.timedelta(days=1) - dt.timedelta(days=(last + dt.timedelta(days=1)).weekday())
+    if final < first:
+        first = final
+    return [first + dt.timedelta(days=7 * i) for i in range((final - first).days // 7 + 1)]
+
+
 def run_stage(stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterInstance) -> None:
     """Materialize `stage`: one run over ``first..last``, one run per split, or one run."""
     from regime_pipeline.definitions import build_defs
@@ -77,6 +90,11 @@ def run_stage(stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterI
     if stage.partitions == "daily":
         runs = [(f"{first} .. {last}", {"tags": {ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
                                                   ASSET_PARTITION_RANGE_END_TAG: last.isoformat()}})]
+    elif stage.partitions == "weekly":
+        weeks = paper_weeks(last)
+        runs = [(f"{weeks[0]} .. {weeks[-1]} ({len(weeks)} weeks)",
+                 {"tags": {ASSET_PARTITION_RANGE_START_TAG: weeks[0].isoformat(),
+                           ASSET_PARTITION_RANGE_END_TAG: weeks[-1].isoformat()}})]
     elif stage.partitions == "split":
         runs = [(split, {"partition_key": split}) for split in SPLIT_NAMES]
     else:
@@ -135,6 +153,8 @@ def summarize(data_dir: str, upto: str) -> str:
         table = table.set_index(["split", "strategy"]).loc[SPLIT_NAMES].reset_index()
         out += ["\nAllocation backtests (weekly, net of 15 bps per side, 365-day annualisation):",
                 table.to_string(index=False, float_format="{:.4f}".format)]
+    if names.index(upto) >= names.index("rebalance"):
+        out += ["", (Path(data_dir) / "reports" / "weekly_rebalance.md").read_text()]
     return "\n".join(out)
 
 

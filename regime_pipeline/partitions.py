@@ -13,8 +13,10 @@ from regime_pipeline.configs import history_start, splits
 # One partition per UTC day from the first Binance spot USDT candle.
 DAILY = dg.DailyPartitionsDefinition(start_date=history_start().isoformat(), timezone="UTC")
 
-# Monday weeks, UTC: one rebalance a week.
-WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2018-01-01", day_offset=1, timezone="UTC")
+# Monday weeks, UTC: one rebalance a week. The key is the Monday the trade happens at (decided
+# at the Sunday close before). end_offset=1: the week that starts today exists as soon as it
+# starts, so Monday's schedule tick targets it rather than the week that just ended.
+WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2018-01-01", day_offset=1, timezone="UTC", end_offset=1)
 
 # The evaluation unit of the study. A date belongs to exactly one split, so a
 # date-by-split grid would be three quarters empty; split assets are their own axis.

@@ -21,6 +21,7 @@ import pandas as pd
 
 from regime_pipeline.core.env import AllocationEnv, RewardConfig
 from regime_pipeline.core.portfolio import Result, simulate
+from regime_pipeline.core.risk import RiskLimits, StaleDataError, apply_limits, drawdown_state
 from regime_pipeline.core.strategies import (
     Prices,
     Strategy,
@@ -46,6 +47,23 @@ class AllocationData:
     prices: Prices
     probs: np.ndarray
     prob_columns: tuple[str, ...]
+
+    def through(self, day: dt.date) -> AllocationData:
+        """The same data cut after `day` (inclusive)."""
+        keep = self.prices.dates <= day
+        prices = Prices(self.prices.dates[keep], self.prices.symbols, self.prices.open[keep], self.prices.close[keep])
+        return AllocationData(prices, self.probs[keep], self.prob_columns)
+
+    def padded(self, days: int) -> AllocationData:
+        """The data with `days` placeholder days appended: opens and closes equal to the last
+        close, no probabilities. For an environment whose last decision is the last real close."""
+        dates = np.array([self.prices.dates[-1] + dt.timedelta(days=i) for i in range(1, days + 1)])
+        last = np.repeat(self.prices.close[-1:], days, axis=0)
+        prices = Prices(
+            np.concatenate([self.prices.dates, dates]), self.prices.symbols,
+            np.vstack([self.prices.open, last]), np.vstack([self.prices.close, last]),
+        )
+        return AllocationData(prices, np.vstack([self.probs, np.full((days, self.probs.shape[1]), np.nan)]), self.prob_columns)
 
     def index(self, day: dt.date) -> int:
         """Row of `day` in the calendar."""
@@ -188,17 +206,93 @@ def policy_targets(policy: AllocationPolicy, env: AllocationEnv) -> np.ndarray:
     return np.stack(targets)
 
 
-def backtest_policy(policy: AllocationPolicy, data: AllocationData, start: dt.date, end: dt.date) -> Result:
+def backtest_policy(
+    policy: AllocationPolicy, data: AllocationData, start: dt.date, end: dt.date, limits: RiskLimits | None = None,
+) -> Result:
     """The policy's weekly run over ``start..end`` through :func:`portfolio.simulate`, the same
     accounting and costs as the benchmarks (:func:`strategies.run_strategy`): row 0 is the day
-    before `start`."""
+    before `start`. With `limits`, every target goes through the risk limits first, as the
+    weekly rebalance applies them (:func:`risk.apply_limits` against the book at the trade's
+    open, the drawdown stop on the weekly marks before trading), and the policy observes the
+    limited portfolio it actually holds."""
     first, last, days = window = _window(data, start, end)
-    targets = policy_targets(policy, _env(data, window, episode_weeks=None, action_scale=policy.action_scale))
+    env = _env(data, window, episode_weeks=None, action_scale=policy.action_scale)
+    targets = _run(policy, env, limits, env.decision_days.size)[0]
     rows = slice(first, last + 1)
     return simulate(
         data.prices.open[rows], data.prices.close[rows], targets, days, settings().costs,
         dates=data.prices.dates[rows], symbols=data.prices.symbols,
     )
+
+
+def _run(
+    policy: AllocationPolicy, env: AllocationEnv, limits: RiskLimits | None, steps: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step `env` from its first decision for `steps` weekly decisions with `policy` (and the
+    risk limits); return the (steps, N + 1) targets traded and the observation after them."""
+    obs, _ = env.reset(options={"start": 0})
+    marks: list[tuple[float, bool]] = []
+    targets = []
+    for _ in range(steps):
+        weights = env.pending_weights(policy.action(obs))
+        if limits is not None:
+            current, mark = env.book_at_next_open()
+            stop = drawdown_state(marks, mark, limits)
+            weights = apply_limits(weights, current, limits, drawdown=stop).weights
+            marks.append((mark, stop.stop))
+        obs, _, _, _, info = env.step_weights(weights)
+        targets.append(info["target"])
+    return (np.stack(targets) if targets else np.zeros((0, env.n_assets + 1))), obs
+
+
+@dataclass(frozen=True)
+class WeekDecision:
+    """The policy's target for one Monday week, decided at the close of the Sunday before.
+
+    :ivar week: the Monday the trade happens at
+    :ivar data_through: the last day of prices and probabilities the decision used
+    :ivar target: (N + 1,) weights, cash last, before the risk limits
+    :ivar observation: the policy's input
+    """
+
+    week: dt.date
+    data_through: dt.date
+    target: np.ndarray
+    observation: np.ndarray
+
+
+def decide_week(
+    policy: AllocationPolicy, data: AllocationData, first_week: dt.date, week: dt.date, limits: RiskLimits,
+) -> WeekDecision:
+    """The target for `week` of a book that started trading at `first_week` (both Mondays).
+
+    The policy's portfolio state (weights, last return, drawdown, volatility) is that of its
+    model book: the risk-limited run of the same policy from `first_week`
+    (:func:`backtest_policy` with `limits`), which the paper ledger tracks up to execution
+    details. Only data through ``week - 1`` (the Sunday close) enter; anything later in `data`
+    is dropped first.
+    """
+    sunday = week - dt.timedelta(days=1)
+    if first_week > week:
+        raise ValueError(f"the book starts on {first_week}, after the week {week}")
+    known = data.through(sunday)
+    if known.prices.dates[-1] != sunday:
+        raise StaleDataError(
+            f"refusing to decide the week of {week}: prices end on {known.prices.dates[-1]}, "
+            f"the decision needs the close of {sunday}"
+        )
+    market = [i for i, c in enumerate(known.prob_columns) if c.startswith(MARKET_PREFIX)]
+    if not np.isfinite(known.probs[-1, market]).all():  # the probabilities were not computed for Sunday
+        raise StaleDataError(f"refusing to decide the week of {week}: no regime probabilities for {sunday}")
+    # One placeholder day after Sunday (its prices = Sunday's closes) so the Sunday close is a
+    # decision of the environment; the placeholder is never observed: the decision is made at
+    # Sunday's close and nothing is stepped past it.
+    padded = known.padded(1)
+    first, _, days = window = _window(padded, first_week, week)
+    env = _env(padded, window, episode_weeks=None, action_scale=policy.action_scale)
+    _, obs = _run(policy, env, limits, days.size - 1)
+    target = env.pending_weights(policy.action(obs))
+    return WeekDecision(week, sunday, target, obs)
 
 
 def compare(
@@ -217,3 +311,24 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
     arr = np.asarray(values, dtype="float64")
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def regimes_on(data: AllocationData, day: dt.date) -> tuple[pd.DataFrame, str]:
+    """The most probable vol and trend regime of each asset on `day`, and the market's cross
+    regime: ``(frame[symbol, vol, trend], cross)``; assets without probabilities are left out."""
+    t = data.index(day)
+    probs = dict(zip(data.prob_columns, data.probs[t]))
+    rows = []
+    for symbol in data.prices.symbols:
+        row = {"symbol": symbol}
+        for kind in ("vol", "trend"):
+            cols = {c.split(":", 1)[1]: p for c, p in probs.items() if c.startswith(f"{symbol}:{kind}_")}
+            if not cols or not all(np.isfinite(list(cols.values()))):
+                break
+            best = max(cols, key=cols.get)
+            row[kind] = f"{best.removeprefix(kind + '_')} ({cols[best]:.2f})"
+        else:
+            rows.append(row)
+    market = {c: p for c, p in probs.items() if c.startswith(MARKET_PREFIX) and np.isfinite(p)}
+    cross = max(market, key=market.get).removeprefix(MARKET_PREFIX) if market else "unknown"
+    return pd.DataFrame(rows, columns=["symbol", "vol", "trend"]), cross

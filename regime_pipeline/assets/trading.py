@@ -1,0 +1,150 @@
+"""Stage 5, trading: the weekly rebalance of the paper (or testnet) book, and the check that
+the paper ledger tracks the policy's backtest."""
+
+import datetime as dt
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from regime_pipeline.configs import load_yaml
+from regime_pipeline.core import allocation
+from regime_pipeline.core.allocation import AllocationPolicy
+from regime_pipeline.core.rebalance import RebalanceResult, rebalance
+from regime_pipeline.core.risk import RiskLimits
+from regime_pipeline.partitions import WEEKLY
+from regime_pipeline.resources.broker import BrokerResource
+from regime_pipeline.resources.storage import ProjectStorage
+
+GROUP = "trading"
+ALL = dg.AllPartitionMapping()
+TRACKING_CHECK = "paper_ledger_tracks_backtest"
+
+
+def _md(frame: pd.DataFrame, floatfmt: str = ".4f") -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.to_markdown(index=False, floatfmt=floatfmt) if len(frame) else "(none)")
+
+
+def _weeks(context: dg.AssetExecutionContext) -> list[dt.date]:
+    """The Mondays of the run, oldest first (one for a scheduled run, many for a backfill)."""
+    window = context.partition_time_window
+    start, end = window.start.date(), window.end.date()
+    return [start + dt.timedelta(days=7 * i) for i in range((end - start).days // 7)]
+
+
+def trade_prices(data: allocation.AllocationData, week: dt.date) -> dict[str, float]:
+    """The reference price of each listed asset for `week`: the Monday open when that day's
+    bar exists (a backfill), else Sunday's close (a live run right after it; on a 24/7 market
+    the next open is the last close to within a tick)."""
+    sunday = week - dt.timedelta(days=1)
+    t = data.index(sunday)
+    row = data.prices.open[t + 1] if t + 1 < data.prices.dates.size and data.prices.dates[t + 1] == week else data.prices.close[t]
+    return {s: float(p) for s, p in zip(data.prices.symbols, row) if np.isfinite(p)}
+
+
+def tracking(
+    ledger_equity: pd.DataFrame, policy: AllocationPolicy, data: allocation.AllocationData, limits: RiskLimits,
+    initial_cash: float,
+) -> pd.DataFrame:
+    """The ledger's equity after each complete week's trades against the same policy's
+    risk-limited backtest from the book's first week (its value right after each Monday's
+    trade and cost): ``week, ledger, backtest, gap`` with values relative to the start."""
+    done = ledger_equity.dropna(subset=["equity_after"])
+    if done.empty:
+        return pd.DataFrame(columns=["week", "ledger", "backtest", "gap"])
+    weeks = [pd.Timestamp(w).date() for w in done["week"]]
+    last = min(weeks[-1] + dt.timedelta(days=6), data.prices.dates[-1])
+    run = allocation.backtest_policy(policy, data, weeks[0], last, limits)
+    at_open = dict(zip(run.dates[run.rebalance_days], run.equity_open[run.rebalance_days]))
+    frame = pd.DataFrame({
+        "week": weeks,
+        "ledger": done["equity_after"].to_numpy(dtype=float) / initial_cash,
+        "backtest": [at_open.get(w, np.nan) for w in weeks],
+    })
+    frame["gap"] = frame["ledger"] / frame["backtest"] - 1.0
+    return frame
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=WEEKLY,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    ins={"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabilities": dg.AssetIn(partition_mapping=ALL),
+         "ppo_policy": dg.AssetIn()},
+    check_specs=[dg.AssetCheckSpec(TRACKING_CHECK, asset="weekly_rebalance",
+                                   description="paper ledger equity within tolerance of the risk-limited backtest")],
+    kinds={"duckdb"},
+)
+def weekly_rebalance(
+    context: dg.AssetExecutionContext, broker: BrokerResource, storage: ProjectStorage, daily_bars: pd.DataFrame,
+    regime_probabilities: pd.DataFrame, ppo_policy: dict,
+):
+    """Each Monday week: the regime probabilities at Sunday's close -> the deployed policy ->
+    target weights -> risk limits -> orders -> broker -> fills -> ledger. A week already in
+    the ledger sends nothing; a backfill trades its weeks in order. Decisions use data through
+    the Sunday before the week only; the Monday open is the paper broker's fill price."""
+    weeks = _weeks(context)
+    trading = broker.open(log=context.log)
+    policy = AllocationPolicy.from_dict(ppo_policy["policy"])
+    limits = RiskLimits.from_config()
+    data = allocation.allocation_data(daily_bars, regime_probabilities)
+    history = trading.ledger.equity_history()
+    first_week = pd.Timestamp(history["week"].iloc[0]).date() if len(history) else weeks[0]
+    results: list[RebalanceResult] = []
+    for week in weeks:
+        decision = allocation.decide_week(policy, data, first_week, week, limits)
+        result = rebalance(week, decision.target, trade_prices(data, week), decision.data_through,
+                           trading.broker, trading.ledger, limits, symbols=data.prices.symbols, log=context.log)
+        context.log.info(f"weekly_rebalance {week}: {result.status}, {len(result.sent)} order(s) sent, "
+                         f"equity {result.equity_before:,.2f} -> {result.equity_after or float('nan'):,.2f} USDT")
+        results.append(result)
+
+    last = results[-1]
+    regimes, cross = allocation.regimes_on(data, last.data_through)
+    weights = pd.DataFrame({"asset": [*last.symbols, "cash"], "target": last.target, "after_limits": last.weights})
+    orders = trading.ledger.orders(last.week)
+    equity = trading.ledger.equity_history()
+    metadata = {
+        "weeks": len(weeks),
+        "week": last.week.isoformat(),
+        "status": last.status,
+        "broker": last.broker,
+        "orders_sent": sum(len(r.sent) for r in results),
+        "equity_usdt": float(last.equity_after) if last.equity_after is not None else float(last.equity_before),
+        "cross_regime": cross,
+        "regimes": _md(regimes),
+        "weights": _md(weights.loc[(weights["target"] > 0) | (weights["after_limits"] > 0)]),
+        "limits_bound": ", ".join(str(b) for b in last.bound) or "none",
+        "orders": _md(orders),
+        "equity_history": _md(equity.tail(12)),
+    }
+    report = storage.reports_dir / "weekly_rebalance.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(
+        f"# Weekly rebalance, week of {last.week} ({last.broker} broker: {last.status})\n\n"
+        f"Decided on data through {last.data_through}. Cross-sectional regime: {cross}.\n\n"
+        f"## Regimes at the decision (most probable class, probability)\n\n{regimes.to_markdown(index=False)}\n\n"
+        f"## Target weights (policy, then after the risk limits)\n\n"
+        f"{weights.loc[(weights['target'] > 0) | (weights['after_limits'] > 0)].to_markdown(index=False, floatfmt='.4f')}\n\n"
+        f"Limits that bound: {metadata['limits_bound']}\n\n"
+        f"## Orders of the week\n\n{orders.to_markdown(index=False, floatfmt='.6g') if len(orders) else '(none)'}\n\n"
+        f"Orders sent by this run: {metadata['orders_sent']}. Equity: {metadata['equity_usdt']:,.2f} USDT "
+        f"(start {float(load_yaml('broker')['initial_cash_usdt']):,.2f}, {len(equity)} week(s) in the ledger).\n"
+    )
+    metadata["report"] = dg.MetadataValue.path(str(report))
+    yield dg.MaterializeResult(metadata=metadata)
+
+    if broker.mode == "paper":
+        settings = load_yaml("broker")
+        frame = tracking(equity, policy, data, limits, float(settings["initial_cash_usdt"]))
+        worst = float(frame["gap"].abs().max()) if len(frame) else 0.0
+        tolerance = float(settings["paper_tracking_tolerance"])
+        yield dg.AssetCheckResult(
+            check_name=TRACKING_CHECK, passed=bool(worst <= tolerance),
+            metadata={"weeks": len(frame), "largest_gap": worst, "tolerance": tolerance,
+                      "last_ledger": float(frame["ledger"].iloc[-1]) if len(frame) else 1.0,
+                      "last_backtest": float(frame["backtest"].iloc[-1]) if len(frame) else 1.0},
+        )
+    else:
+        yield dg.AssetCheckResult(check_name=TRACKING_CHECK, passed=True,
+                                  metadata={"skipped": f"only the paper book is checked (broker mode {broker.mode})"})

@@ -1,0 +1,131 @@
+"""`weekly_rebalance` materialized in-process with the paper broker on the embedded bars and
+synthetic probabilities, and the two schedules' ticks."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+
+import dagster as dg
+import numpy as np
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from regime_pipeline.core import allocation
+from regime_pipeline.core.allocation import AllocationPolicy
+from regime_pipeline.core.ledger import Ledger
+from regime_pipeline.core.risk import RiskLimits, StaleDataError
+from regime_pipeline.definitions import all_assets, defs
+from regime_pipeline.resources import build_resources
+from regime_pipeline_tests.conftest import check_results, embedded_daily_bars, synthetic_probabilities, write_table
+
+D = dt.date
+N = 13
+
+
+def _policy(dim: int, seed: int = 0) -> AllocationPolicy:
+    rng = np.random.default_rng(seed)
+    sizes = [dim, 16, N + 1]
+    layers = tuple((rng.normal(0, 0.4, size=(o, i)), rng.normal(0, 0.2, size=o)) for i, o in zip(sizes[:-1], sizes[1:]))
+    return AllocationPolicy(layers, np.zeros(dim), np.ones(dim), 10.0, 1e-8)
+
+
+@pytest.fixture()
+def book(tmp_path):
+    """A data directory with bars, probabilities and a deployed policy, as earlier stages leave it."""
+    data_dir = tmp_path / "data"
+    database = str(data_dir / "warehouse.duckdb")
+    data_dir.mkdir()
+    probabilities = synthetic_probabilities()
+    write_table(database, "daily_bars", embedded_daily_bars())
+    write_table(database, "regime_probabilities", probabilities)
+    data = allocation.allocation_data(embedded_daily_bars(), probabilities)
+    dim = allocation.make_env(data, D(2025, 1, 1), D(2025, 2, 1)).observation_space.shape[0]
+    policy = _policy(dim)
+    (data_dir / "models").mkdir()
+    (data_dir / "models" / "ppo_policy.json").write_text(json.dumps({"policy": policy.to_dict()}))
+    return data_dir, data, policy
+
+
+def _rebalance(data_dir, first: str, last: str, instance):
+    return dg.materialize(
+        all_assets, selection=["weekly_rebalance"], resources=build_resources(str(data_dir)), instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+    )
+
+
+def test_weeks_trade_in_order_and_a_rerun_sends_nothing(book, instance) -> None:
+    data_dir, data, policy = book
+    result = _rebalance(data_dir, "2025-01-06", "2025-03-03", instance)
+    assert result.success
+    assert check_results(result) == {"paper_ledger_tracks_backtest": True}
+    ledger = Ledger(data_dir / "ledger" / "paper.duckdb", initial_cash=10_000)
+    weeks = [w.date() if hasattr(w, "date") else w for w in ledger.equity_history()["week"]]
+    assert weeks == [D(2025, 1, 6) + dt.timedelta(days=7 * i) for i in range(9)]
+    orders = ledger.orders()
+    assert len(orders) > 9 and orders["client_order_id"].is_unique
+    # The first week's target is the policy's own decision at the close of Sunday 2025-01-05.
+    decision = allocation.decide_week(policy, data, D(2025, 1, 6), D(2025, 1, 6), RiskLimits.from_config())
+    assert decision.data_through == D(2025, 1, 5)
+    assert ledger.plan(D(2025, 1, 6)).details["target"] == pytest.approx(decision.target.tolist())
+    metadata = result.asset_materializations_for_node("weekly_rebalance")[-1].metadata
+    assert metadata["week"].value == "2025-03-03" and "| cash " in metadata["weights"].value
+
+    again = _rebalance(data_dir, "2025-03-03", "2025-03-03", instance)
+    assert again.success
+    assert len(Ledger(data_dir / "ledger" / "paper.duckdb", initial_cash=10_000).orders()) == len(orders)
+    assert again.asset_materializations_for_node("weekly_rebalance")[-1].metadata["orders_sent"].value == 0
+
+
+def test_a_week_without_sundays_data_is_refused_and_nothing_is_written(book, instance) -> None:
+    data_dir, _, _ = book
+    database = str(data_dir / "warehouse.duckdb")
+    probabilities = synthetic_probabilities()
+    write_table(database, "regime_probabilities", probabilities.loc[probabilities["date"] < D(2025, 2, 1)])
+    assert _rebalance(data_dir, "2025-01-27", "2025-01-27", instance).success
+    failed = dg.materialize(
+        all_assets, selection=["weekly_rebalance"], resources=build_resources(str(data_dir)), instance=instance,
+        partition_key="2025-02-03", raise_on_error=False,
+    )
+    assert not failed.success
+    errors = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "no regime probabilities for 2025-02-02" in str(errors[0].event_specific_data.error)
+    ledger = Ledger(data_dir / "ledger" / "paper.duckdb", initial_cash=10_000)
+    assert [str(w)[:10] for w in ledger.equity_history()["week"]] == ["2025-01-27"]
+
+
+def test_a_weekly_decision_ignores_everything_after_sunday(book) -> None:
+    _, data, policy = book
+    week, limits = D(2025, 3, 3), RiskLimits.from_config()
+    t = data.index(D(2025, 3, 2))
+    rng = np.random.default_rng(1)
+    prices = dataclasses.replace(data.prices, open=data.prices.open.copy(), close=data.prices.close.copy())
+    prices.close[t + 1 :] *= rng.uniform(0.5, 2.0, size=prices.close[t + 1 :].shape)
+    prices.open[t + 1 :] *= rng.uniform(0.5, 2.0, size=prices.open[t + 1 :].shape)
+    probs = data.probs.copy()
+    probs[t + 1 :] = rng.random(probs[t + 1 :].shape)
+    altered = allocation.AllocationData(prices, probs, data.prob_columns)
+    a = allocation.decide_week(policy, data, D(2025, 1, 6), week, limits)
+    b = allocation.decide_week(policy, altered, D(2025, 1, 6), week, limits)
+    np.testing.assert_array_equal(a.target, b.target)
+    with pytest.raises(StaleDataError, match="the decision needs the close of 2025-03-02"):
+        allocation.decide_week(policy, data.through(D(2025, 2, 28)), D(2025, 1, 6), week, limits)
+
+
+@pytest.mark.filterwarnings("ignore:Starting in dagster 1.11", "ignore:Function `JobDefinition.run_request_for_partition`")
+def test_schedules_target_the_week_that_starts_and_the_day_that_ended() -> None:
+    weekly_rebalance_schedule = defs.get_schedule_def("weekly_rebalance_schedule")
+    daily_update_schedule = defs.get_schedule_def("daily_update_schedule")
+    monday = dt.datetime(2026, 1, 5, 1, 0, tzinfo=dt.timezone.utc)
+    weekly = weekly_rebalance_schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=monday))
+    assert weekly_rebalance_schedule.cron_schedule == "0 1 * * 1"
+    assert weekly_rebalance_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert [r.partition_key for r in weekly.run_requests] == ["2026-01-05"]
+    assert weekly.run_requests[0].tags["dagster/partition"] == "2026-01-05"
+    daily = daily_update_schedule.evaluate_tick(
+        dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 1, 5, 0, 15, tzinfo=dt.timezone.utc))
+    )
+    assert daily_update_schedule.cron_schedule == "15 0 * * *"
+    assert daily_update_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert [r.partition_key for r in daily.run_requests] == ["2026-01-04"]
