@@ -1,8 +1,8 @@
 """A DuckDB file opened for one unit of work, waiting while another process holds its lock.
 
-DuckDB lets one process write a database file at a time. The ledger and the paper exchange open
-their file per operation and close it straight after, so several runs (or a test and the code it
-checks) take turns instead of failing on the lock.
+DuckDB lets one process write a database file at a time. The warehouse, the ledger and the paper
+exchange open their file per operation and close it straight after, so several runs (or a test
+and the code it checks) take turns instead of failing on the lock.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ from regime_pipeline.core.lake import duckdb_connect
 
 
 @contextmanager
-def open_db(path: str | os.PathLike, wait_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
+def open_db(
+    path: str | os.PathLike, wait_s: float = 60.0, read_only: bool = False,
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the DuckDB file `path` (created with its folder if missing), closed on exit."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
     delay = 0.05
     while True:
         try:
-            con = duckdb_connect(str(path))
+            con = duckdb_connect(str(path), read_only=read_only)
             break
         except duckdb.IOException:
             if time.monotonic() > deadline:

@@ -12,38 +12,19 @@ An asset declares how its partitions map to rows with ``metadata={"partition_exp
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 import duckdb
 import pandas as pd
 
-from regime_pipeline.core.lake import duckdb_connect
+from regime_pipeline.core.dbfile import open_db
 
 
-@contextmanager
-def connect(database: str, read_only: bool = False, wait_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open `database`, waiting while another process holds its write lock."""
-    Path(database).parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    delay = 0.05
-    while True:
-        try:
-            con = duckdb_connect(database, read_only=read_only)
-            break
-        except duckdb.IOException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-    try:
-        yield con
-    finally:
-        con.close()
+def connect(database: str, read_only: bool = False, wait_s: float = 60.0):
+    """Open `database`, waiting while another process holds its write lock (a context manager)."""
+    return open_db(database, wait_s=wait_s, read_only=read_only)
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
