@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import dagster as dg
@@ -55,6 +56,28 @@ def embedded_daily_bars() -> pd.DataFrame:
     frame = frame.assign(source="klines", n_minutes=pd.array([pd.NA] * len(frame), dtype="Int32"))
     frame["date"] = pd.to_datetime(frame["date"]).dt.date
     return frame[DAILY_BAR_COLUMNS].sort_values(["date", "symbol"]).reset_index(drop=True)
+
+
+def train_window() -> tuple[dt.date, dt.date]:
+    """The train split as a half-open window ``[start, end + 1 day)``."""
+    from regime_pipeline.configs import splits
+
+    train = splits()["train"]
+    return train.start, train.end + dt.timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def bars() -> pd.DataFrame:
+    """The embedded daily bars, once per test module."""
+    return embedded_daily_bars()
+
+
+@pytest.fixture(scope="module")
+def params(bars):
+    """Per-asset GARCH(1,1) parameters fitted on the train window."""
+    from regime_pipeline.core.features import fit_garch
+
+    return fit_garch(bars, *train_window())
 
 
 def synthetic_probabilities(seed: int = 0, classes: tuple[int, int, int] = (2, 2, 3)) -> pd.DataFrame:

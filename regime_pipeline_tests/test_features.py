@@ -14,30 +14,15 @@ import pandas as pd
 import pytest
 from arch import arch_model
 
-from regime_pipeline.configs import load_yaml, splits, universe
+from regime_pipeline.configs import load_yaml, universe
 from regime_pipeline.core import features as F
 from regime_pipeline.core.bars import DAILY_BAR_COLUMNS
 from regime_pipeline.core.features import GarchParams, cross_features, fit_garch, trend_features, vol_features
-from regime_pipeline_tests.conftest import embedded_daily_bars
+from regime_pipeline_tests.conftest import train_window
 
 DAY = dt.timedelta(days=1)
 FIRST, END = dt.date(2017, 8, 17), dt.date(2026, 1, 1)
 YEAR = 365
-
-
-def train_window() -> tuple[dt.date, dt.date]:
-    train = splits()["train"]
-    return train.start, train.end + DAY
-
-
-@pytest.fixture(scope="module")
-def bars() -> pd.DataFrame:
-    return embedded_daily_bars()
-
-
-@pytest.fixture(scope="module")
-def params(bars) -> dict[str, GarchParams]:
-    return fit_garch(bars, *train_window())
 
 
 def all_features(bars: pd.DataFrame, params, start: dt.date, end: dt.date) -> dict[str, pd.DataFrame]:

@@ -20,26 +20,11 @@ from regime_pipeline.core import features as F
 from regime_pipeline.core import strategies as S
 from regime_pipeline.core import vol_forecasts as V
 from regime_pipeline.core.portfolio import validate_weights
-from regime_pipeline_tests.conftest import embedded_daily_bars
+from regime_pipeline_tests.conftest import train_window
 
 DAY = dt.timedelta(days=1)
 FIRST, END = dt.date(2017, 8, 17), dt.date(2026, 1, 1)
 YEAR = 365
-
-
-def train_window() -> tuple[dt.date, dt.date]:
-    train = splits()["train"]
-    return train.start, train.end + DAY
-
-
-@pytest.fixture(scope="module")
-def bars() -> pd.DataFrame:
-    return embedded_daily_bars()
-
-
-@pytest.fixture(scope="module")
-def params(bars) -> dict[str, F.GarchParams]:
-    return F.fit_garch(bars, *train_window())
 
 
 @pytest.fixture(scope="module")

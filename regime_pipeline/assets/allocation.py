@@ -84,10 +84,10 @@ def ppo_policy(
 
     per_seed = []
     for run in runs:
-        result = allocation.backtest_policy(run.policy, data, val.start, val.end)
+        summary = allocation.backtest_policy(run.policy, data, val.start, val.end).summary()
         per_seed.append({"seed": run.seed, "kept_step": run.best.step, "steps_run": run.steps_run,
                          "stopped_early": run.stopped_early, "seconds": round(run.seconds, 1),
-                         **{f"val_{k}": result.summary()[k] for k in ("sortino", "sharpe", "total_return", "max_drawdown")}})
+                         **{f"val_{k}": summary[k] for k in ("sortino", "sharpe", "total_return", "max_drawdown")}})
     table = pd.DataFrame(per_seed)
     sortino_mean, sortino_sd = allocation.mean_sd(table["val_sortino"])
     return_mean, return_sd = allocation.mean_sd(table["val_total_return"])
@@ -126,12 +126,14 @@ def backtest_table(
     (inverse volatility on both trailing and forecast volatility) on ``start..end``; and their
     equity curves."""
     benchmarks = backtest_benchmarks(data.prices, vol_forecasts)
-    results = allocation.compare(data, {"ppo": AllocationPolicy.from_dict(artifact["policy"])}, start, end, benchmarks)
+    seeds = {f"seed {s}": AllocationPolicy.from_dict(v["policy"]) for s, v in artifact["seeds"].items()}
+    results = allocation.compare(data, seeds, start, end, benchmarks)
+    per_seed = {name: results.pop(name) for name in seeds}
+    results = {"ppo": per_seed[f"seed {artifact['chosen_seed']}"], **results}
+    summaries = [r.summary() for r in per_seed.values()]
+    stats = {k: allocation.mean_sd([s[k] for s in summaries]) for k in METRICS}
     rows = [{"strategy": name, **{k: r.summary()[k] for k in METRICS}} for name, r in results.items()]
-    seeds = [allocation.backtest_policy(AllocationPolicy.from_dict(s["policy"]), data, start, end).summary()
-             for s in artifact["seeds"].values()]
-    stats = {k: allocation.mean_sd([s[k] for s in seeds]) for k in METRICS}
-    rows.insert(1, {"strategy": f"ppo_seeds_mean (n={len(seeds)})", **{k: m for k, (m, _) in stats.items()}})
+    rows.insert(1, {"strategy": f"ppo_seeds_mean (n={len(summaries)})", **{k: m for k, (m, _) in stats.items()}})
     rows.insert(2, {"strategy": "ppo_seeds_sd", **{k: sd for k, (_, sd) in stats.items()}})
     curves = {name: (r.dates, r.equity) for name, r in results.items()}
     return pd.DataFrame(rows), curves

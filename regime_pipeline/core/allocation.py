@@ -73,15 +73,14 @@ class AllocationData:
         return int(hits[0])
 
 
-def allocation_data(bars: pd.DataFrame, probabilities: pd.DataFrame, end: dt.date | None = None) -> AllocationData:
+def allocation_data(bars: pd.DataFrame, probabilities: pd.DataFrame) -> AllocationData:
     """Pivot `daily_bars` and `regime_probabilities` rows to arrays on the bars' calendar.
 
     :param bars: ``date, symbol, open, close, ...`` rows.
     :param probabilities: ``date, symbol, vol_<c>..., trend_<c>..., cross_<c>...`` rows (the
         cross columns repeat the date's market-wide values on every symbol's row).
-    :param end: last day of the calendar; default the last bar.
     """
-    prices = wide_prices(bars, end)
+    prices = wide_prices(bars)
     calendar = pd.DatetimeIndex(pd.to_datetime(prices.dates))
     asset_columns = [c for c in probabilities.columns if c.startswith(ASSET_PREFIXES)]
     market_columns = [c for c in probabilities.columns if c.startswith(MARKET_PREFIX)]
@@ -193,17 +192,10 @@ class AllocationPolicy:
         )
 
 
-def policy_targets(policy: AllocationPolicy, env: AllocationEnv) -> np.ndarray:
+def policy_targets(policy: AllocationPolicy, env: AllocationEnv, limits: RiskLimits | None = None) -> np.ndarray:
     """Run `policy` through one deterministic episode of `env` from its first decision to the
-    end; return the (K, N + 1) target weights it chose."""
-    obs, _ = env.reset(options={"start": 0})
-    targets = []
-    done = False
-    while not done:
-        obs, _, terminated, truncated, info = env.step(policy.action(obs))
-        targets.append(info["target"])
-        done = terminated or truncated
-    return np.stack(targets)
+    end (through the risk `limits`, if given); return the (K, N + 1) target weights traded."""
+    return _run(policy, env, limits, env.decision_days.size)[0]
 
 
 def backtest_policy(
@@ -217,7 +209,7 @@ def backtest_policy(
     limited portfolio it actually holds."""
     first, last, days = window = _window(data, start, end)
     env = _env(data, window, episode_weeks=None, action_scale=policy.action_scale)
-    targets = _run(policy, env, limits, env.decision_days.size)[0]
+    targets = policy_targets(policy, env, limits)
     rows = slice(first, last + 1)
     return simulate(
         data.prices.open[rows], data.prices.close[rows], targets, days, settings().costs,
@@ -288,9 +280,9 @@ def decide_week(
     # decision of the environment; the placeholder is never observed: the decision is made at
     # Sunday's close and nothing is stepped past it.
     padded = known.padded(1)
-    first, _, days = window = _window(padded, first_week, week)
+    window = _window(padded, first_week, week)
     env = _env(padded, window, episode_weeks=None, action_scale=policy.action_scale)
-    _, obs = _run(policy, env, limits, days.size - 1)
+    _, obs = _run(policy, env, limits, env.decision_days.size - 1)
     target = env.pending_weights(policy.action(obs))
     return WeekDecision(week, sunday, target, obs)
 
