@@ -22,7 +22,8 @@ import pandas as pd
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start, splits
-from regime_pipeline.core import regimes, vol_forecasts
+from regime_pipeline.core.regimes import labels as regimes
+from regime_pipeline.core.features import vol_forecasts
 from regime_pipeline.partitions import SPLIT_NAMES
 from regime_pipeline.resources import default_data_dir
 from regime_pipeline.resources.warehouse import read_table

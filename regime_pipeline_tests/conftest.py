@@ -50,7 +50,7 @@ def check_results(result) -> dict[str, bool]:
 
 def embedded_daily_bars() -> pd.DataFrame:
     """The embedded daily klines in the `daily_bars` table's shape (source='klines')."""
-    from regime_pipeline.core.bars import DAILY_BAR_COLUMNS
+    from regime_pipeline.core.data.bars import DAILY_BAR_COLUMNS
 
     frame = pd.read_parquet(EMBEDDED / "daily_klines.parquet")
     frame = frame.assign(source="klines", n_minutes=pd.array([pd.NA] * len(frame), dtype="Int32"))
@@ -75,7 +75,7 @@ def bars() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def params(bars):
     """Per-asset GARCH(1,1) parameters fitted on the train window."""
-    from regime_pipeline.core.features import fit_garch
+    from regime_pipeline.core.features.daily import fit_garch
 
     return fit_garch(bars, *train_window())
 

@@ -13,9 +13,13 @@ import pandas as pd
 import pytest
 from stable_baselines3.common.vec_env import VecNormalize
 
-from regime_pipeline.core import allocation, performance, ppo
-from regime_pipeline.core.allocation import AllocationPolicy
-from regime_pipeline.core.strategies import equal_weight, run_strategy
+from regime_pipeline.core.allocation import policy as allocation
+
+from regime_pipeline.core.allocation import performance
+
+from regime_pipeline.core.allocation import ppo
+from regime_pipeline.core.allocation.policy import AllocationPolicy
+from regime_pipeline.core.allocation.strategies import equal_weight, run_strategy
 from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities
 
 D = dt.date

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from regime_pipeline.configs import splits
-from regime_pipeline.core import allocation
-from regime_pipeline.core.allocation import AllocationPolicy
-from regime_pipeline.core.strategies import (
+from regime_pipeline.core.allocation import policy as allocation
+from regime_pipeline.core.allocation.policy import AllocationPolicy
+from regime_pipeline.core.allocation.strategies import (
     forecast_table,
     inverse_vol_forecast_strategy,
     run_benchmarks,

@@ -12,7 +12,7 @@ import pytest
 from regime_pipeline.assets.bars import daily_bars, minute_bars
 from regime_pipeline.configs import universe
 from regime_pipeline.core.errors import DataError
-from regime_pipeline.core.lake import MinuteLake
+from regime_pipeline.core.data.lake import MinuteLake
 from regime_pipeline.definitions import defs
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.market_data import MarketData
@@ -147,7 +147,7 @@ def fake_binance():
 
 
 def test_live_source_ingests_resumes_after_a_failure_and_reconciles(data_dir, instance, fake_binance):
-    from regime_pipeline.core.sources.ccxt_source import FetchError
+    from regime_pipeline.core.data.sources.ccxt_source import FetchError
     from regime_pipeline_tests.fake_binance import Scripted, unavailable
 
     resources = build_resources(str(data_dir), MarketData(source="ccxt", api_url=fake_binance.url, max_retries=0))

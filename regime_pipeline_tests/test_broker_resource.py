@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from regime_pipeline.configs import universe
-from regime_pipeline.core.brokers import BinanceTestnetBroker, BrokerError, PaperBroker, SandboxViolation
-from regime_pipeline.core.rebalance import rebalance
+from regime_pipeline.core.trading.brokers import BinanceTestnetBroker, BrokerError, PaperBroker, SandboxViolation
+from regime_pipeline.core.trading.rebalance import rebalance
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.broker import BrokerResource, broker_from_env
 from regime_pipeline_tests.fake_binance import FakeBinance, FakeSpotAccount

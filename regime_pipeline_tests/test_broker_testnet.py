@@ -16,10 +16,10 @@ from decimal import Decimal
 import ccxt
 import pytest
 
-from regime_pipeline.core.brokers import BinanceTestnetBroker, Broker, BrokerError, SandboxViolation, TestnetSettings
-from regime_pipeline.core.brokers import binance_testnet
-from regime_pipeline.core.orders import OrderRequest
-from regime_pipeline.core.sources.ccxt_source import point_at
+from regime_pipeline.core.trading.brokers import BinanceTestnetBroker, Broker, BrokerError, SandboxViolation, TestnetSettings
+from regime_pipeline.core.trading.brokers import binance_testnet
+from regime_pipeline.core.trading.orders import OrderRequest
+from regime_pipeline.core.data.sources.ccxt_source import point_at
 from regime_pipeline_tests.fake_binance import (
     ORDER_DOES_NOT_EXIST,
     FakeBinance,

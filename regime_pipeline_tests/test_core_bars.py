@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from regime_pipeline.core.bars import (
+from regime_pipeline.core.data.bars import (
     aggregate_minutes_pandas,
     combine_daily,
     complete_days,
@@ -17,8 +17,8 @@ from regime_pipeline.core.bars import (
     validate_ohlcv,
 )
 from regime_pipeline.core.errors import DataError
-from regime_pipeline.core.lake import MinuteLake
-from regime_pipeline.core.sources.embedded import EmbeddedSource
+from regime_pipeline.core.data.lake import MinuteLake
+from regime_pipeline.core.data.sources.embedded import EmbeddedSource
 from regime_pipeline_tests.conftest import EMBEDDED
 
 

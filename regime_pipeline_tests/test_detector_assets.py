@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 
 from regime_pipeline.configs import splits
-from regime_pipeline.core import detectors, regimes
-from regime_pipeline.core import features as F
+from regime_pipeline.core.regimes import detectors
+from regime_pipeline.core.regimes import labels as regimes
+from regime_pipeline.core.features import daily as F
 from regime_pipeline.definitions import all_assets
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.artifacts import sha256_file
@@ -79,7 +80,7 @@ def test_models_are_stored_with_their_hash_and_reload_identically(trained):
     det = detectors.Detector.load(data_dir / "models" / "vol_detector.pt")
     again = detectors.Detector.load(data_dir / "models" / "vol_detector.pt")
     X, _, _ = detectors._sequence_inputs(det, tables["vol_features"], None, (dt.date(2024, 1, 1), dt.date(2024, 1, 31)))
-    from regime_pipeline.core.models.training import predict_proba
+    from regime_pipeline.core.regimes.models.training import predict_proba
 
     np.testing.assert_array_equal(predict_proba(det.model, X), predict_proba(again.model, X))
 

@@ -12,9 +12,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from regime_pipeline.core.env import AllocationEnv, RewardConfig
-from regime_pipeline.core.portfolio import Costs, simulate, validate_weights
-from regime_pipeline.core.strategies import Prices, decision_days, equal_weight, settings, wide_prices
+from regime_pipeline.core.allocation.env import AllocationEnv, RewardConfig
+from regime_pipeline.core.allocation.portfolio import Costs, simulate, validate_weights
+from regime_pipeline.core.allocation.strategies import Prices, decision_days, equal_weight, settings, wide_prices
 from regime_pipeline_tests.conftest import embedded_daily_bars
 
 P = 11  # e.g. 4 + 4 + 3 class probabilities of the three detectors

@@ -15,9 +15,9 @@ import pytest
 from arch import arch_model
 
 from regime_pipeline.configs import load_yaml, universe
-from regime_pipeline.core import features as F
-from regime_pipeline.core.bars import DAILY_BAR_COLUMNS
-from regime_pipeline.core.features import GarchParams, cross_features, fit_garch, trend_features, vol_features
+from regime_pipeline.core.features import daily as F
+from regime_pipeline.core.data.bars import DAILY_BAR_COLUMNS
+from regime_pipeline.core.features.daily import GarchParams, cross_features, fit_garch, trend_features, vol_features
 from regime_pipeline_tests.conftest import train_window
 
 DAY = dt.timedelta(days=1)

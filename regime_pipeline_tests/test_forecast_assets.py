@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from regime_pipeline.configs import splits
-from regime_pipeline.core import features as F
-from regime_pipeline.core import vol_forecasts as V
+from regime_pipeline.core.features import daily as F
+from regime_pipeline.core.features import vol_forecasts as V
 from regime_pipeline.definitions import all_assets
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.market_data import MarketData

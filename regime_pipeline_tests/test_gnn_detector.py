@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from regime_pipeline.configs import splits, universe
-from regime_pipeline.core.features import TREND_COLUMNS, VOL_COLUMNS, fit_garch, trend_features, vol_features
-from regime_pipeline.core.graphs import Graphs, build_graphs
-from regime_pipeline.core.models.gnn import (
+from regime_pipeline.core.features.daily import TREND_COLUMNS, VOL_COLUMNS, fit_garch, trend_features, vol_features
+from regime_pipeline.core.regimes.graphs import Graphs, build_graphs
+from regime_pipeline.core.regimes.models.gnn import (
     GraphSAGEClassifier,
     graph_tensors,
     node_strength,
@@ -26,7 +26,7 @@ from regime_pipeline.core.models.gnn import (
     sage_layer,
     sage_layer_naive,
 )
-from regime_pipeline.core.models.training import fit_classifier, predict_proba, profile, set_seed
+from regime_pipeline.core.regimes.models.training import fit_classifier, predict_proba, profile, set_seed
 from regime_pipeline_tests.conftest import embedded_daily_bars
 
 DAY = dt.timedelta(days=1)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from regime_pipeline.core.hmm import RegimeHMM
+from regime_pipeline.core.regimes.hmm import RegimeHMM
 
 NAMES = ("bear", "neutral", "bull")
 # True means, already in increasing order of feature 0 (the `order_by` column), so true

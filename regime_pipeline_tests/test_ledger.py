@@ -9,10 +9,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from regime_pipeline.core.brokers import PaperBroker
-from regime_pipeline.core.ledger import Ledger, LedgerError
-from regime_pipeline.core.orders import Fill, OrderOutcome, OrderRequest
-from regime_pipeline.core.portfolio import Costs
+from regime_pipeline.core.trading.brokers import PaperBroker
+from regime_pipeline.core.trading.ledger import Ledger, LedgerError
+from regime_pipeline.core.trading.orders import Fill, OrderOutcome, OrderRequest
+from regime_pipeline.core.allocation.portfolio import Costs
 
 WEEK = dt.date(2024, 1, 8)
 NEXT = WEEK + dt.timedelta(days=7)

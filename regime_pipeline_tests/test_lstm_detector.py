@@ -12,8 +12,8 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from regime_pipeline.core.metrics import classification_report, confusion_matrix, macro_f1, plot_confusion
-from regime_pipeline.core.models import (
+from regime_pipeline.core.regimes.metrics import classification_report, confusion_matrix, macro_f1, plot_confusion
+from regime_pipeline.core.regimes.models import (
     AttentionLSTMClassifier,
     class_weights,
     fit_classifier,
@@ -23,7 +23,7 @@ from regime_pipeline.core.models import (
     save_model,
     set_seed,
 )
-from regime_pipeline.core.windows import Standardizer, make_windows, window_for_day
+from regime_pipeline.core.regimes.windows import Standardizer, make_windows, window_for_day
 
 FAST = profile("lstm", "fast")
 WINDOW = FAST["window"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from regime_pipeline.configs import universe
-from regime_pipeline.core.orders import CLIENT_ORDER_ID_RE, client_order_id, current_weights, plan_orders
+from regime_pipeline.core.trading.orders import CLIENT_ORDER_ID_RE, client_order_id, current_weights, plan_orders
 
 WEEK = dt.date(2024, 1, 8)
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]

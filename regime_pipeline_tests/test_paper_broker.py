@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from regime_pipeline.core.brokers import Broker, PaperBroker
-from regime_pipeline.core.orders import OrderRequest
-from regime_pipeline.core.portfolio import Costs
+from regime_pipeline.core.trading.brokers import Broker, PaperBroker
+from regime_pipeline.core.trading.orders import OrderRequest
+from regime_pipeline.core.allocation.portfolio import Costs
 
 WEEK = dt.date(2024, 1, 8)
 COSTS = Costs(fee_bps=10, slippage_bps=5)  # configs/backtest.yaml's values

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from regime_pipeline.core import performance as perf
+from regime_pipeline.core.allocation import performance as perf
 from regime_pipeline_tests.conftest import embedded_daily_bars
 
 empyrical = pytest.importorskip("empyrical")

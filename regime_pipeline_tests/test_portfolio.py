@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from regime_pipeline.core.portfolio import Costs, simulate, validate_weights
+from regime_pipeline.core.allocation.portfolio import Costs, simulate, validate_weights
 
 # Two assets A, B plus cash. Day 0 is the anchor (capital 1.0 in cash at its close).
 OPEN = np.array([[10.0, 20.0], [10.0, 20.0], [11.0, 21.0], [12.5, 21.0]])

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from regime_pipeline.configs import universe
-from regime_pipeline.core.brokers import BinanceTestnetBroker, PaperBroker, TestnetSettings
-from regime_pipeline.core.ledger import Ledger
-from regime_pipeline.core.orders import OrderOutcome, OrderRequest
-from regime_pipeline.core.portfolio import Costs
-from regime_pipeline.core.rebalance import rebalance
-from regime_pipeline.core.risk import LookAheadError, RiskLimits, StaleDataError
+from regime_pipeline.core.trading.brokers import BinanceTestnetBroker, PaperBroker, TestnetSettings
+from regime_pipeline.core.trading.ledger import Ledger
+from regime_pipeline.core.trading.orders import OrderOutcome, OrderRequest
+from regime_pipeline.core.allocation.portfolio import Costs
+from regime_pipeline.core.trading.rebalance import rebalance
+from regime_pipeline.core.trading.risk import LookAheadError, RiskLimits, StaleDataError
 from regime_pipeline_tests.fake_binance import FakeBinance, FakeSpotAccount
 
 SYMBOLS = universe().symbols
@@ -269,7 +269,7 @@ def test_bad_requests_are_refused(book: Book) -> None:
 
 
 def test_a_second_rebalance_waits_for_the_first(book: Book) -> None:
-    from regime_pipeline.core.ledger import LedgerError
+    from regime_pipeline.core.trading.ledger import LedgerError
 
     with book.ledger.exclusive():  # another run of the week, still going
         with pytest.raises(LedgerError, match="held by another rebalance"):

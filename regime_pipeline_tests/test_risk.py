@@ -8,7 +8,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from regime_pipeline.core.risk import (
+from regime_pipeline.core.trading.risk import (
     DrawdownState,
     LookAheadError,
     RiskLimits,

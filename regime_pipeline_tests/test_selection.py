@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from regime_pipeline.core import selection
-from regime_pipeline.core.selection import (
+from regime_pipeline.core.features import selection
+from regime_pipeline.core.features.selection import (
     Selection,
     _shap_per_class,
     collapse_correlated,

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from regime_pipeline.configs import PROJECT_ROOT
-from regime_pipeline.core.bars import OHLCV_COLUMNS, aggregate_minutes_pandas
+from regime_pipeline.core.data.bars import OHLCV_COLUMNS, aggregate_minutes_pandas
 from regime_pipeline.core.errors import DataError
-from regime_pipeline.core.sources.base import MarketDataSource
-from regime_pipeline.core.sources.binance_files import BinanceFilesSource
+from regime_pipeline.core.data.sources.base import MarketDataSource
+from regime_pipeline.core.data.sources.binance_files import BinanceFilesSource
 
 EMBEDDED = PROJECT_ROOT / "data" / "embedded"
 MAINTENANCE_DAY = dt.date(2021, 9, 29)  # Binance was down 07:00-08:59 UTC: 1,320 bars

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from regime_pipeline.configs import PROJECT_ROOT
-from regime_pipeline.core.bars import MINUTE_COLUMNS
+from regime_pipeline.core.data.bars import MINUTE_COLUMNS
 from regime_pipeline.core.errors import DataError
-from regime_pipeline.core.sources.base import MarketDataSource
-from regime_pipeline.core.sources.ccxt_source import CcxtSource, FetchError
+from regime_pipeline.core.data.sources.base import MarketDataSource
+from regime_pipeline.core.data.sources.ccxt_source import CcxtSource, FetchError
 from regime_pipeline_tests.fake_binance import (
     INTERNAL_ERROR,
     FakeBinance,

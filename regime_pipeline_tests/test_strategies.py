@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from regime_pipeline.configs import universe
-from regime_pipeline.core.portfolio import validate_weights
-from regime_pipeline.core.strategies import (
+from regime_pipeline.core.allocation.portfolio import validate_weights
+from regime_pipeline.core.allocation.strategies import (
     benchmark_strategies,
     decision_days,
     equal_weight,

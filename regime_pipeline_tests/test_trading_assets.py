@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from regime_pipeline.core import allocation
-from regime_pipeline.core.allocation import AllocationPolicy
-from regime_pipeline.core.ledger import Ledger
-from regime_pipeline.core.risk import RiskLimits, StaleDataError
+from regime_pipeline.core.allocation import policy as allocation
+from regime_pipeline.core.allocation.policy import AllocationPolicy
+from regime_pipeline.core.trading.ledger import Ledger
+from regime_pipeline.core.trading.risk import RiskLimits, StaleDataError
 from regime_pipeline.definitions import all_assets, defs
 from regime_pipeline.resources import build_resources
 from regime_pipeline_tests.conftest import check_results, embedded_daily_bars, synthetic_probabilities, write_table

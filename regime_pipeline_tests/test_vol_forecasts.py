@@ -16,10 +16,10 @@ import pytest
 from arch import arch_model
 
 from regime_pipeline.configs import load_yaml, splits
-from regime_pipeline.core import features as F
-from regime_pipeline.core import strategies as S
-from regime_pipeline.core import vol_forecasts as V
-from regime_pipeline.core.portfolio import validate_weights
+from regime_pipeline.core.features import daily as F
+from regime_pipeline.core.allocation import strategies as S
+from regime_pipeline.core.features import vol_forecasts as V
+from regime_pipeline.core.allocation.portfolio import validate_weights
 from regime_pipeline_tests.conftest import train_window
 
 DAY = dt.timedelta(days=1)

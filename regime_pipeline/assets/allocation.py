@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 
 from regime_pipeline.configs import splits
-from regime_pipeline.core import allocation, performance, ppo
-from regime_pipeline.core.allocation import AllocationData, AllocationPolicy
+from regime_pipeline.core.allocation import policy as allocation
+from regime_pipeline.core.allocation import performance
+from regime_pipeline.core.allocation import ppo
+from regime_pipeline.core.allocation.policy import AllocationData, AllocationPolicy
 from regime_pipeline.core.plots import figure_to_markdown, plot_equity_curves, plot_validation_curves
-from regime_pipeline.core.strategies import backtest_benchmarks
+from regime_pipeline.core.allocation.strategies import backtest_benchmarks
 from regime_pipeline.partitions import SPLIT
 from regime_pipeline.resources.artifacts import write_atomic
 from regime_pipeline.resources.storage import ProjectStorage

@@ -8,7 +8,7 @@ import pandas as pd
 
 from regime_pipeline.checks.bars import DAILY_BAR_CHECK_SPECS, daily_bar_checks
 from regime_pipeline.configs import universe
-from regime_pipeline.core.bars import combine_daily, days_in
+from regime_pipeline.core.data.bars import combine_daily, days_in
 from regime_pipeline.assets.metadata import plot_metadata
 from regime_pipeline.core.plots import plot_daily_bars
 from regime_pipeline.partitions import DAILY

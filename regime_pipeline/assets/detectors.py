@@ -8,8 +8,8 @@ import pandas as pd
 
 from regime_pipeline.assets.bars import window_days
 from regime_pipeline.configs import splits
-from regime_pipeline.core import detectors
-from regime_pipeline.core.metrics import plot_confusion
+from regime_pipeline.core.regimes import detectors
+from regime_pipeline.core.regimes.metrics import plot_confusion
 from regime_pipeline.core.plots import figure_to_markdown, plot_attention, plot_training
 from regime_pipeline.partitions import DAILY, SPLIT
 from regime_pipeline.resources.storage import ProjectStorage

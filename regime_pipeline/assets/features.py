@@ -13,7 +13,7 @@ import pandas as pd
 
 from regime_pipeline.assets.bars import window_days
 from regime_pipeline.configs import splits
-from regime_pipeline.core import features
+from regime_pipeline.core.features import daily as features
 from regime_pipeline.partitions import DAILY
 
 GROUP = "features"

@@ -17,8 +17,8 @@ import pandas as pd
 from regime_pipeline.assets.bars import window_days
 from regime_pipeline.assets.features import PER_DAY, TRAIN_DAYS
 from regime_pipeline.configs import splits
-from regime_pipeline.core import features
-from regime_pipeline.core import vol_forecasts as vf
+from regime_pipeline.core.features import daily as features
+from regime_pipeline.core.features import vol_forecasts as vf
 from regime_pipeline.core.plots import save_figure
 from regime_pipeline.partitions import SPLIT
 from regime_pipeline.resources.storage import ProjectStorage

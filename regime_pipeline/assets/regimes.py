@@ -8,7 +8,8 @@ import pandas as pd
 from regime_pipeline.assets.features import TRAIN_DAYS
 from regime_pipeline.assets.metadata import plot_metadata
 from regime_pipeline.configs import splits
-from regime_pipeline.core import regimes, selection
+from regime_pipeline.core.regimes import labels as regimes
+from regime_pipeline.core.features import selection
 from regime_pipeline.core.plots import plot_correlations, plot_importance, plot_regime_timeline
 from regime_pipeline.partitions import SPLIT
 from regime_pipeline.resources.storage import ProjectStorage

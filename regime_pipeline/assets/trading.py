@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from regime_pipeline.configs import load_yaml
-from regime_pipeline.core import allocation
-from regime_pipeline.core.allocation import AllocationPolicy
-from regime_pipeline.core.rebalance import RebalanceResult, rebalance
-from regime_pipeline.core.risk import RiskLimits
+from regime_pipeline.core.allocation import policy as allocation
+from regime_pipeline.core.allocation.policy import AllocationPolicy
+from regime_pipeline.core.trading.rebalance import RebalanceResult, rebalance
+from regime_pipeline.core.trading.risk import RiskLimits
 from regime_pipeline.partitions import WEEKLY
 from regime_pipeline.resources.broker import BrokerResource
 from regime_pipeline.resources.storage import ProjectStorage

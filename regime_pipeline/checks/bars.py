@@ -13,7 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from regime_pipeline.configs import data_settings, universe
-from regime_pipeline.core import quality
+from regime_pipeline.core.data import quality
 
 ASSET = "daily_bars"
 _SAMPLE = 10  # offending rows shown in a failed check's metadata

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from regime_pipeline.core.lake import duckdb_connect
+from regime_pipeline.core.data.lake import duckdb_connect
 
 
 @contextmanager

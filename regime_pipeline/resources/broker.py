@@ -22,8 +22,8 @@ import dagster as dg
 from regime_pipeline.configs import load_yaml
 
 if TYPE_CHECKING:  # imported when opened: the code location loads without ccxt
-    from regime_pipeline.core.brokers import Broker
-    from regime_pipeline.core.ledger import Ledger
+    from regime_pipeline.core.trading.brokers import Broker
+    from regime_pipeline.core.trading.ledger import Ledger
 
 BROKER_MODE_ENV = "REGIME_BROKER"
 MODES = ("paper", "binance_testnet")
@@ -58,9 +58,9 @@ class BrokerResource(dg.ConfigurableResource):
 
     def open(self, log: Any | None = None) -> Trading:
         """Build the configured broker and open its ledger."""
-        from regime_pipeline.core.brokers import BinanceTestnetBroker, PaperBroker
-        from regime_pipeline.core.ledger import Ledger
-        from regime_pipeline.core.portfolio import Costs
+        from regime_pipeline.core.trading.brokers import BinanceTestnetBroker, PaperBroker
+        from regime_pipeline.core.trading.ledger import Ledger
+        from regime_pipeline.core.allocation.portfolio import Costs
 
         settings = load_yaml("broker")
         initial_cash = float(settings["initial_cash_usdt"])

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import dagster as dg
 
 from regime_pipeline.configs import PROJECT_ROOT, data_settings, universe
-from regime_pipeline.core.sources.base import MarketDataSource
+from regime_pipeline.core.data.sources.base import MarketDataSource
 
 
 class MarketData(dg.ConfigurableResource):
@@ -30,19 +30,19 @@ class MarketData(dg.ConfigurableResource):
     def open(self, log: Any | None = None) -> MarketDataSource:
         """Build the configured source."""
         if self.source == "embedded":
-            from regime_pipeline.core.sources.embedded import EmbeddedSource
+            from regime_pipeline.core.data.sources.embedded import EmbeddedSource
 
             paths = data_settings()["embedded"]
             return EmbeddedSource(PROJECT_ROOT / paths["daily_klines"], PROJECT_ROOT / paths["minute_bars"])
         if self.source == "binance_files":
-            from regime_pipeline.core.sources.binance_files import BinanceFilesSource
+            from regime_pipeline.core.data.sources.binance_files import BinanceFilesSource
 
             if not self.files_dir:
                 raise ValueError("market_data: source 'binance_files' needs files_dir (env REGIME_FILES_DIR)")
             if not Path(self.files_dir).is_dir():
                 raise FileNotFoundError(f"market_data: files_dir {self.files_dir!r} is not a directory (REGIME_FILES_DIR)")
             return BinanceFilesSource(self.files_dir, symbols=universe().symbols)
-        from regime_pipeline.core.sources.ccxt_source import CcxtSource
+        from regime_pipeline.core.data.sources.ccxt_source import CcxtSource
 
         return CcxtSource(
             api_url=self.api_url or None, timeout_ms=self.timeout_ms, max_retries=self.max_retries, log=log

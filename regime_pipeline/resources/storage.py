@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from regime_pipeline.core.lake import MinuteLake
+from regime_pipeline.core.data.lake import MinuteLake
 
 
 class ProjectStorage(dg.ConfigurableResource):

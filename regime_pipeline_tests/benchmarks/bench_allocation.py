@@ -27,9 +27,10 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from regime_pipeline.configs import splits
-from regime_pipeline.core import allocation, ppo
-from regime_pipeline.core.portfolio import simulate
-from regime_pipeline.core.strategies import settings
+from regime_pipeline.core.allocation import policy as allocation
+from regime_pipeline.core.allocation import ppo
+from regime_pipeline.core.allocation.portfolio import simulate
+from regime_pipeline.core.allocation.strategies import settings
 from regime_pipeline_tests.benchmarks import peak_rss_mib, print_table
 from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities
 

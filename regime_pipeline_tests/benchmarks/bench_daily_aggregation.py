@@ -33,8 +33,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from regime_pipeline.core.bars import OHLCV_COLUMNS, PRICE_COLUMNS
-from regime_pipeline.core.lake import MinuteLake
+from regime_pipeline.core.data.bars import OHLCV_COLUMNS, PRICE_COLUMNS
+from regime_pipeline.core.data.lake import MinuteLake
 from regime_pipeline_tests.benchmarks import best_of, cpu_seconds, peak_rss_mib, print_table, timer
 
 GOAL_SECONDS = 0.5

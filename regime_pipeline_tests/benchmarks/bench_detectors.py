@@ -16,9 +16,10 @@ import time
 import pandas as pd
 
 from regime_pipeline.configs import splits
-from regime_pipeline.core import detectors, regimes
-from regime_pipeline.core import features as F
-from regime_pipeline.core.models.training import predict_proba
+from regime_pipeline.core.regimes import detectors
+from regime_pipeline.core.regimes import labels as regimes
+from regime_pipeline.core.features import daily as F
+from regime_pipeline.core.regimes.models.training import predict_proba
 from regime_pipeline_tests.benchmarks import peak_rss_mib, print_table
 from regime_pipeline_tests.conftest import embedded_daily_bars
 

@@ -2,7 +2,7 @@
 
 Times, in one process on the real embedded data:
 
-(a) the baseline: the three ``core.features`` functions over the full history, no Dagster;
+(a) the baseline: the three ``core.features.daily`` functions over the full history, no Dagster;
 (b) one new day's partition (2025-12-31) of vol/trend/cross features materialized alone,
     reading its look-back from the warehouse;
 (c) every partition 2017-08-17..2025-12-31 materialized in one run (a single-run backfill).
@@ -26,7 +26,7 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from regime_pipeline.configs import splits
-from regime_pipeline.core import features as F
+from regime_pipeline.core.features import daily as F
 from regime_pipeline.definitions import all_assets
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.market_data import MarketData

@@ -4,7 +4,7 @@
 On the embedded daily bars with synthetic regime probabilities of the real shape and an
 untrained policy of the default architecture (the cost does not depend on the weights), in a
 temporary data directory and Dagster instance. Baseline in the same process: the same week's
-`core.rebalance.rebalance` call alone (broker + ledger), so the ratio is what loading the
+`core.trading.rebalance.rebalance` call alone (broker + ledger), so the ratio is what loading the
 inputs, deciding and Dagster's bookkeeping add.
 
 Goal: one weekly rebalance <= 5 s with the paper broker.
@@ -22,9 +22,11 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from regime_pipeline.core import allocation, ppo
-from regime_pipeline.core.rebalance import rebalance
-from regime_pipeline.core.risk import RiskLimits
+from regime_pipeline.core.allocation import policy as allocation
+
+from regime_pipeline.core.allocation import ppo
+from regime_pipeline.core.trading.rebalance import rebalance
+from regime_pipeline.core.trading.risk import RiskLimits
 from regime_pipeline.definitions import all_assets
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.broker import BrokerResource

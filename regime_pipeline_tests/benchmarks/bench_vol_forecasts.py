@@ -19,8 +19,8 @@ import datetime as dt
 import warnings
 
 from regime_pipeline.configs import splits
-from regime_pipeline.core import features as F
-from regime_pipeline.core import vol_forecasts as V
+from regime_pipeline.core.features import daily as F
+from regime_pipeline.core.features import vol_forecasts as V
 from regime_pipeline_tests.benchmarks import best_of, peak_rss_mib, print_table
 from regime_pipeline_tests.conftest import embedded_daily_bars
 

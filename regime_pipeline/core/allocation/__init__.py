@@ -1,0 +1,1 @@
+"""Allocation: performance metrics, portfolio accounting, benchmark strategies, the RL environment and policy."""

@@ -1,0 +1,326 @@
+"""The allocation agent's inputs and its deployed form: prices and regime probabilities as
+arrays, environments over a date range, and a trained actor as plain numpy that turns an
+observation into target weights (for backtests and the weekly rebalance, without torch).
+
+Observation layout: see :mod:`regime_pipeline.core.allocation.env`. Its probability block (P columns)
+is, for each universe asset in order, that asset's vol and trend class probabilities, then
+the market-wide cross probabilities once: ``P = N · (n_vol + n_trend) + n_cross``. A day
+without probabilities for an asset (not listed, or too short a history for the detectors'
+windows) has zeros there, and the observation's listed mask tells the policy which is which.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from regime_pipeline.core.allocation.env import AllocationEnv, RewardConfig
+from regime_pipeline.core.allocation.portfolio import Result, simulate
+from regime_pipeline.core.trading.risk import RiskLimits, StaleDataError, apply_limits, drawdown_state
+from regime_pipeline.core.allocation.strategies import (
+    Prices,
+    Strategy,
+    benchmark_results,
+    decision_days,
+    settings,
+    wide_prices,
+)
+
+ASSET_PREFIXES = ("vol_", "trend_")
+MARKET_PREFIX = "cross_"
+
+
+@dataclass(frozen=True)
+class AllocationData:
+    """Everything the environment reads, on one gap-free daily calendar.
+
+    :ivar prices: open/close (T, N) in USDT, NaN = not listed.
+    :ivar probs: (T, P) regime probabilities known at each day's close, NaN = none that day.
+    :ivar prob_columns: (P,) names, ``<symbol>:<column>`` per asset, then ``cross_<class>``.
+    """
+
+    prices: Prices
+    probs: np.ndarray
+    prob_columns: tuple[str, ...]
+
+    def through(self, day: dt.date) -> AllocationData:
+        """The same data cut after `day` (inclusive)."""
+        keep = self.prices.dates <= day
+        prices = Prices(self.prices.dates[keep], self.prices.symbols, self.prices.open[keep], self.prices.close[keep])
+        return AllocationData(prices, self.probs[keep], self.prob_columns)
+
+    def padded(self, days: int) -> AllocationData:
+        """The data with `days` placeholder days appended: opens and closes equal to the last
+        close, no probabilities. For an environment whose last decision is the last real close."""
+        dates = np.array([self.prices.dates[-1] + dt.timedelta(days=i) for i in range(1, days + 1)])
+        last = np.repeat(self.prices.close[-1:], days, axis=0)
+        prices = Prices(
+            np.concatenate([self.prices.dates, dates]), self.prices.symbols,
+            np.vstack([self.prices.open, last]), np.vstack([self.prices.close, last]),
+        )
+        return AllocationData(prices, np.vstack([self.probs, np.full((days, self.probs.shape[1]), np.nan)]), self.prob_columns)
+
+    def index(self, day: dt.date) -> int:
+        """Row of `day` in the calendar."""
+        hits = np.flatnonzero(self.prices.dates == day)
+        if hits.size == 0:
+            raise ValueError(f"{day} is outside the data ({self.prices.dates[0]}..{self.prices.dates[-1]})")
+        return int(hits[0])
+
+
+def allocation_data(bars: pd.DataFrame, probabilities: pd.DataFrame) -> AllocationData:
+    """Pivot `daily_bars` and `regime_probabilities` rows to arrays on the bars' calendar.
+
+    :param bars: ``date, symbol, open, close, ...`` rows.
+    :param probabilities: ``date, symbol, vol_<c>..., trend_<c>..., cross_<c>...`` rows (the
+        cross columns repeat the date's market-wide values on every symbol's row).
+    """
+    prices = wide_prices(bars)
+    calendar = pd.DatetimeIndex(pd.to_datetime(prices.dates))
+    asset_columns = [c for c in probabilities.columns if c.startswith(ASSET_PREFIXES)]
+    market_columns = [c for c in probabilities.columns if c.startswith(MARKET_PREFIX)]
+    frame = probabilities.assign(date=pd.to_datetime(probabilities["date"]))
+    blocks, names = [], []
+    for symbol in prices.symbols:
+        rows = frame.loc[frame["symbol"] == symbol].set_index("date")[asset_columns]
+        blocks.append(rows.reindex(calendar).to_numpy(dtype="float64"))
+        names += [f"{symbol}:{c}" for c in asset_columns]
+    market = frame.groupby("date")[market_columns].first().reindex(calendar)
+    blocks.append(market.to_numpy(dtype="float64"))
+    names += market_columns
+    return AllocationData(prices, np.concatenate(blocks, axis=1), tuple(names))
+
+
+def _window(data: AllocationData, start: dt.date, end: dt.date) -> tuple[int, int, np.ndarray]:
+    """(first row, last row, decision rows relative to the first) of a run over start..end."""
+    days = decision_days(data.prices.dates, start, end, settings().rebalance_weekday)
+    first, last = int(days[0]), data.index(end)
+    return first, last, days - first
+
+
+def make_env(
+    data: AllocationData,
+    start: dt.date,
+    end: dt.date,
+    *,
+    episode_weeks: int | None = None,
+    random_start: bool = False,
+    reward: RewardConfig | None = None,
+    action_scale: float = 1.0,
+) -> AllocationEnv:
+    """The environment over ``start..end`` (inclusive): the first decision is at the close of
+    the day before `start`, the last step ends at the close of `end`. Nothing after `end` is
+    given to it. Defaults give one deterministic episode over the whole window (evaluation)."""
+    return _env(data, _window(data, start, end), episode_weeks=episode_weeks, random_start=random_start,
+                reward=reward, action_scale=action_scale)
+
+
+def _env(data: AllocationData, window: tuple[int, int, np.ndarray], **kwargs: Any) -> AllocationEnv:
+    first, last, days = window
+    rows = slice(first, last + 1)
+    return AllocationEnv(data.prices.open[rows], data.prices.close[rows], data.probs[rows], days, settings().costs, **kwargs)
+
+
+_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
+
+
+@dataclass(frozen=True)
+class AllocationPolicy:
+    """A deterministic actor: standardise the observation with the training statistics, then
+    an MLP to the action (the mean of the PPO policy's Gaussian).
+
+    :ivar layers: ``[(W (out, in), b (out,)), ...]``, the last one linear (the action head).
+    :ivar obs_mean, obs_var: (D,) observation statistics (VecNormalize's running mean/var).
+    :ivar clip_obs: standardised observations are clipped to ±clip_obs.
+    :ivar epsilon: added to the variance before the square root.
+    :ivar activation: hidden-layer activation, ``tanh`` or ``relu``.
+    :ivar action_scale: the environment's action multiplier it was trained with.
+    """
+
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]
+    obs_mean: np.ndarray
+    obs_var: np.ndarray
+    clip_obs: float
+    epsilon: float
+    activation: str = "tanh"
+    action_scale: float = 1.0
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        z = (np.asarray(obs, dtype="float64") - self.obs_mean) / np.sqrt(self.obs_var + self.epsilon)
+        return np.minimum(np.maximum(z, -self.clip_obs), self.clip_obs)
+
+    def action(self, obs: np.ndarray) -> np.ndarray:
+        """(D,) observation -> (N + 1,) action in [-1, 1]."""
+        h = self.normalize(obs)
+        act = _ACTIVATIONS[self.activation]
+        for i, (w, b) in enumerate(self.layers):
+            h = w @ h + b
+            if i < len(self.layers) - 1:
+                h = act(h)
+        return np.minimum(np.maximum(h, -1.0), 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": [{"weight": w.tolist(), "bias": b.tolist()} for w, b in self.layers],
+            "obs_mean": self.obs_mean.tolist(),
+            "obs_var": self.obs_var.tolist(),
+            "clip_obs": self.clip_obs,
+            "epsilon": self.epsilon,
+            "activation": self.activation,
+            "action_scale": self.action_scale,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> AllocationPolicy:
+        layers = tuple(
+            (np.asarray(layer["weight"], dtype="float64"), np.asarray(layer["bias"], dtype="float64"))
+            for layer in raw["layers"]
+        )
+        return cls(
+            layers=layers,
+            obs_mean=np.asarray(raw["obs_mean"], dtype="float64"),
+            obs_var=np.asarray(raw["obs_var"], dtype="float64"),
+            clip_obs=float(raw["clip_obs"]),
+            epsilon=float(raw["epsilon"]),
+            activation=str(raw["activation"]),
+            action_scale=float(raw["action_scale"]),
+        )
+
+
+def policy_targets(policy: AllocationPolicy, env: AllocationEnv, limits: RiskLimits | None = None) -> np.ndarray:
+    """Run `policy` through one deterministic episode of `env` from its first decision to the
+    end (through the risk `limits`, if given); return the (K, N + 1) target weights traded."""
+    return _run(policy, env, limits, env.decision_days.size)[0]
+
+
+def backtest_policy(
+    policy: AllocationPolicy, data: AllocationData, start: dt.date, end: dt.date, limits: RiskLimits | None = None,
+) -> Result:
+    """The policy's weekly run over ``start..end`` through :func:`portfolio.simulate`, the same
+    accounting and costs as the benchmarks (:func:`strategies.run_strategy`): row 0 is the day
+    before `start`. With `limits`, every target goes through the risk limits first, as the
+    weekly rebalance applies them (:func:`risk.apply_limits` against the book at the trade's
+    open, the drawdown stop on the weekly marks before trading), and the policy observes the
+    limited portfolio it actually holds."""
+    first, last, days = window = _window(data, start, end)
+    env = _env(data, window, episode_weeks=None, action_scale=policy.action_scale)
+    targets = policy_targets(policy, env, limits)
+    rows = slice(first, last + 1)
+    return simulate(
+        data.prices.open[rows], data.prices.close[rows], targets, days, settings().costs,
+        dates=data.prices.dates[rows], symbols=data.prices.symbols,
+    )
+
+
+def _run(
+    policy: AllocationPolicy, env: AllocationEnv, limits: RiskLimits | None, steps: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step `env` from its first decision for `steps` weekly decisions with `policy` (and the
+    risk limits); return the (steps, N + 1) targets traded and the observation after them."""
+    obs, _ = env.reset(options={"start": 0})
+    marks: list[tuple[float, bool]] = []
+    targets = []
+    for _ in range(steps):
+        weights = env.pending_weights(policy.action(obs))
+        if limits is not None:
+            current, mark = env.book_at_next_open()
+            stop = drawdown_state(marks, mark, limits)
+            weights = apply_limits(weights, current, limits, drawdown=stop).weights
+            marks.append((mark, stop.stop))
+        obs, _, _, _, info = env.step_weights(weights)
+        targets.append(info["target"])
+    return (np.stack(targets) if targets else np.zeros((0, env.n_assets + 1))), obs
+
+
+@dataclass(frozen=True)
+class WeekDecision:
+    """The policy's target for one Monday week, decided at the close of the Sunday before.
+
+    :ivar week: the Monday the trade happens at
+    :ivar data_through: the last day of prices and probabilities the decision used
+    :ivar target: (N + 1,) weights, cash last, before the risk limits
+    :ivar observation: the policy's input
+    """
+
+    week: dt.date
+    data_through: dt.date
+    target: np.ndarray
+    observation: np.ndarray
+
+
+def decide_week(
+    policy: AllocationPolicy, data: AllocationData, first_week: dt.date, week: dt.date, limits: RiskLimits,
+) -> WeekDecision:
+    """The target for `week` of a book that started trading at `first_week` (both Mondays).
+
+    The policy's portfolio state (weights, last return, drawdown, volatility) is that of its
+    model book: the risk-limited run of the same policy from `first_week`
+    (:func:`backtest_policy` with `limits`), which the paper ledger tracks up to execution
+    details. Only data through ``week - 1`` (the Sunday close) enter; anything later in `data`
+    is dropped first.
+    """
+    sunday = week - dt.timedelta(days=1)
+    if first_week > week:
+        raise ValueError(f"the book starts on {first_week}, after the week {week}")
+    known = data.through(sunday)
+    if known.prices.dates[-1] != sunday:
+        raise StaleDataError(
+            f"refusing to decide the week of {week}: prices end on {known.prices.dates[-1]}, "
+            f"the decision needs the close of {sunday}"
+        )
+    market = [i for i, c in enumerate(known.prob_columns) if c.startswith(MARKET_PREFIX)]
+    if not np.isfinite(known.probs[-1, market]).all():  # the probabilities were not computed for Sunday
+        raise StaleDataError(f"refusing to decide the week of {week}: no regime probabilities for {sunday}")
+    # One placeholder day after Sunday (its prices = Sunday's closes) so the Sunday close is a
+    # decision of the environment; the placeholder is never observed: the decision is made at
+    # Sunday's close and nothing is stepped past it.
+    padded = known.padded(1)
+    window = _window(padded, first_week, week)
+    env = _env(padded, window, episode_weeks=None, action_scale=policy.action_scale)
+    _, obs = _run(policy, env, limits, env.decision_days.size - 1)
+    target = env.pending_weights(policy.action(obs))
+    return WeekDecision(week, sunday, target, obs)
+
+
+def compare(
+    data: AllocationData, policies: Mapping[str, AllocationPolicy], start: dt.date, end: dt.date,
+    benchmarks: Mapping[str, Strategy] | None = None,
+) -> dict[str, Result]:
+    """Backtests of `policies` and of `benchmarks` (default: the four of
+    :func:`strategies.benchmark_strategies`) over ``start..end``, all on the same prices,
+    decision days, accounting and costs: ``{name: Result}``, policies first."""
+    results = {name: backtest_policy(policy, data, start, end) for name, policy in policies.items()}
+    results.update(benchmark_results(data.prices, start, end, None if benchmarks is None else dict(benchmarks)))
+    return results
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    arr = np.asarray(values, dtype="float64")
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def regimes_on(data: AllocationData, day: dt.date) -> tuple[pd.DataFrame, str]:
+    """The most probable vol and trend regime of each asset on `day`, and the market's cross
+    regime: ``(frame[symbol, vol, trend], cross)``; assets without probabilities are left out."""
+    t = data.index(day)
+    probs = dict(zip(data.prob_columns, data.probs[t]))
+    rows = []
+    for symbol in data.prices.symbols:
+        row = {"symbol": symbol}
+        for kind in ("vol", "trend"):
+            cols = {c.split(":", 1)[1]: p for c, p in probs.items() if c.startswith(f"{symbol}:{kind}_")}
+            if not cols or not all(np.isfinite(list(cols.values()))):
+                break
+            best = max(cols, key=cols.get)
+            row[kind] = f"{best.removeprefix(kind + '_')} ({cols[best]:.2f})"
+        else:
+            rows.append(row)
+    market = {c: p for c, p in probs.items() if c.startswith(MARKET_PREFIX) and np.isfinite(p)}
+    cross = max(market, key=market.get).removeprefix(MARKET_PREFIX) if market else "unknown"
+    return pd.DataFrame(rows, columns=["symbol", "vol", "trend"]), cross

@@ -1,0 +1,57 @@
+"""The real Binance data shipped in ``data/embedded/``: daily klines and a 1-minute window."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from regime_pipeline.core.data.bars import DAILY_KLINE_COLUMNS, MINUTE, MINUTE_COLUMNS, complete_days, validate_ohlcv
+
+
+class EmbeddedSource:
+    """Reads ``daily_klines.parquet`` and ``minute_bars.parquet`` (see ``data/PROVENANCE.md``).
+
+    The minute file is the raw window as downloaded (2021-09-17 22:22 .. 2021-10-17 22:21 UTC
+    for most assets); its first and last days are partial and are therefore never yielded.
+    """
+
+    name = "embedded"
+
+    def __init__(self, daily_klines_path: str | Path, minute_bars_path: str | Path) -> None:
+        self.daily_klines_path = Path(daily_klines_path)
+        self.minute_bars_path = Path(minute_bars_path)
+        self._minutes: pd.DataFrame | None = None
+        self._klines: pd.DataFrame | None = None
+
+    def _load_klines(self) -> pd.DataFrame:
+        if self._klines is None:
+            frame = pd.read_parquet(self.daily_klines_path)[DAILY_KLINE_COLUMNS]
+            frame["date"] = pd.to_datetime(frame["date"]).dt.date
+            self._klines = validate_ohlcv(frame, str(self.daily_klines_path), "date")
+        return self._klines
+
+    def _load_minutes(self) -> pd.DataFrame:
+        if self._minutes is None:
+            frame = pd.read_parquet(self.minute_bars_path)[MINUTE_COLUMNS]
+            frame["open_time"] = frame["open_time"].astype("datetime64[ms]")
+            self._minutes = validate_ohlcv(frame, str(self.minute_bars_path), "open_time")
+        return self._minutes
+
+    def daily_klines(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame:
+        klines = self._load_klines()
+        mask = klines["symbol"].isin(list(symbols)) & (klines["date"] >= start) & (klines["date"] < end)
+        return klines.loc[mask].reset_index(drop=True)
+
+    def minute_days(self, symbol: str, start: dt.date, end: dt.date) -> Iterator[tuple[dt.date, pd.DataFrame]]:
+        minutes = self._load_minutes()
+        own = minutes.loc[minutes["symbol"] == symbol, MINUTE_COLUMNS[1:]]
+        if own.empty:
+            return
+        # The file covers exactly its first to its last bar (the download window).
+        covered_from = own["open_time"].iloc[0]
+        covered_to = own["open_time"].iloc[-1] + MINUTE
+        window = own[(own["open_time"] >= pd.Timestamp(start)) & (own["open_time"] < pd.Timestamp(end))]
+        yield from complete_days(window, covered_from, covered_to)

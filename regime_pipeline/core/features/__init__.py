@@ -1,0 +1,1 @@
+"""Features of the regime models: the daily feature groups, their selection, and volatility forecasts."""

@@ -1,0 +1,1 @@
+"""Regimes: HMM labels, the detectors' inputs (windows, graphs), the detectors and their metrics."""

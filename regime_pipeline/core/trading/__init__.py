@@ -1,0 +1,1 @@
+"""Trading: risk limits, orders, brokers, the trade ledger and the weekly rebalance."""
