@@ -28,6 +28,13 @@ one coordinate and -1 elsewhere gives a weight of exactly 1 there, and any coord
 value is at least ``1 / scale`` below the top one gets exactly 0. Equal actions give equal
 weights. Out-of-box actions are clipped first.
 
+No-trade band (``no_trade_band`` = b, a weight): the projected target is then traded only where
+it moves an asset's weight by more than b from the current (drifted) weight at close ``d``; an
+asset within the band keeps its current weight, cash takes the difference
+(:func:`apply_no_trade_band`). Under proportional costs, small adjustments cost more than they
+are worth, and a policy whose output jitters from week to week would otherwise pay for the
+jitter. b = 0 trades to the target exactly.
+
 Reward per step (coefficients in configs/backtest.yaml ``reward:``), with ``r_d`` the week's
 daily net returns (the cost is inside the trade day's return), ``n`` their number, ``TO`` the
 rebalance's turnover and ``g_ref`` the log growth of the equal-weight portfolio of the assets
@@ -39,6 +46,10 @@ listed at close ``d`` from close ``d`` to the week's last close (no cost)::
 The shortfall term makes doing nothing non-optimal by construction in rising markets: an
 all-cash policy has ``g = 0`` and pays ``λ_short · g_ref`` every week the market rises, while
 in falling weeks it pays nothing (cash is then rightly rewarded).
+
+Costs: ``g`` is the log growth of the account net of the trade's cost, ``rate · TO · V_open``,
+exactly what :func:`portfolio.simulate` charges. So the reward charges the real cost once;
+``λ_turn`` (0 in configs/backtest.yaml) would charge turnover on top of it.
 
 Episodes: ``episode_weeks`` steps from decision index 0 (``random_start=False``) or from a start
 drawn uniformly with the env's seeded RNG so that a full episode fits (or ``options={"start":
@@ -100,6 +111,36 @@ def project_simplex(z: np.ndarray) -> np.ndarray:
     return np.maximum(z - tau, 0.0)
 
 
+def project_simplex_rows(z: np.ndarray) -> np.ndarray:
+    """:func:`project_simplex` of each row of `z` (S, m) at once."""
+    u = -np.sort(-z, axis=1)
+    css = u.cumsum(axis=1)
+    rho = np.count_nonzero(u * _RANKS[: z.shape[1]] > css - 1.0, axis=1)
+    tau = (css[np.arange(z.shape[0]), rho - 1] - 1.0) / rho
+    return np.maximum(z - tau[:, None], 0.0)
+
+
+def apply_no_trade_band(target: np.ndarray, current: np.ndarray, band: float) -> np.ndarray:
+    """Weights (N + 1,) to trade to: `target`'s weight for each asset whose weight it moves by
+    more than `band` from `current` (both (N + 1,), cash last), `current`'s for the others, and
+    cash the rest. When the kept and moved assets together exceed 1 (the cash the target frees is
+    kept in an asset within the band), the buys are scaled down so cash is 0. ``band = 0``
+    returns `target` itself."""
+    if band <= 0.0:
+        return target
+    n = target.shape[0] - 1
+    move = np.abs(target[:n] - current[:n]) > band
+    out = np.empty_like(target)
+    out[:n] = np.where(move, target[:n], current[:n])
+    invested = float(np.add.reduce(out[:n]))
+    if invested > 1.0:
+        buys = np.maximum(out[:n] - current[:n], 0.0)
+        out[:n] -= buys * ((invested - 1.0) / float(np.add.reduce(buys)))
+        invested = 1.0
+    out[n] = max(0.0, 1.0 - invested)
+    return out
+
+
 class AllocationEnv(gymnasium.Env):
     """Weekly long-only allocation over N assets + cash; see the module docstring.
 
@@ -114,6 +155,8 @@ class AllocationEnv(gymnasium.Env):
     :param reward: reward coefficients; None = configs/backtest.yaml ``reward:``.
     :param action_scale: multiplier of the action before the simplex projection (>= 0.5 so
         that a weight of 1 is reachable).
+    :param no_trade_band: per-asset weight change at or below which a target is not traded
+        (:func:`apply_no_trade_band`); 0 trades to every target exactly.
     """
 
     metadata = {"render_modes": []}
@@ -129,6 +172,7 @@ class AllocationEnv(gymnasium.Env):
         random_start: bool = True,
         reward: RewardConfig | None = None,
         action_scale: float = 1.0,
+        no_trade_band: float = 0.0,
     ) -> None:
         super().__init__()
         open_ = np.asarray(open_, dtype="float64")
@@ -144,6 +188,8 @@ class AllocationEnv(gymnasium.Env):
             raise ValueError(f"decision days must be non-empty, strictly increasing in [0, {t_days - 2}]")
         if action_scale < 0.5:
             raise ValueError("action_scale must be >= 0.5 for a weight of 1 to be reachable")
+        if not 0.0 <= no_trade_band < 1.0:
+            raise ValueError(f"no_trade_band must be in [0, 1), got {no_trade_band}")
         if episode_weeks is not None and episode_weeks < 1:
             raise ValueError("episode_weeks must be >= 1 or None")
         # Holding an asset through a missing price has no defined value: refuse such data once
@@ -161,6 +207,7 @@ class AllocationEnv(gymnasium.Env):
         self.episode_weeks = episode_weeks
         self.random_start = random_start
         self.action_scale = float(action_scale)
+        self.no_trade_band = float(no_trade_band)
         self.decision_days = days
         # Step k trades at the open of days[k] + 1 and ends at the close of ends[k].
         self.ends = np.append(days[1:], t_days - 1)
@@ -205,7 +252,8 @@ class AllocationEnv(gymnasium.Env):
 
     def action_to_weights(self, action: np.ndarray, listed: np.ndarray) -> np.ndarray:
         """Target weights (N + 1,) for `action` (N + 1,) given the `listed` mask (N,): simplex
-        projection of ``scale · clip(action, -1, 1)`` over the listed assets and cash."""
+        projection of ``scale · clip(action, -1, 1)`` over the listed assets and cash (before
+        the no-trade band)."""
         return self._project(action, np.append(listed, True))
 
     def _project(self, action: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -273,11 +321,36 @@ class AllocationEnv(gymnasium.Env):
         """
         if self._k >= self._stop:
             raise RuntimeError("step() called after the episode ended; call reset()")
-        return self.step_weights(self._project(action, self._keep[self._k]))
+        return self.step_weights(self.pending_weights(action))
+
+    def target_weights(self, action: np.ndarray) -> np.ndarray:
+        """The target (N + 1,) `action` maps to at the current decision, before the no-trade
+        band: what a policy wants (an ensemble averages these)."""
+        return self._project(action, self._keep[self._k])
+
+    def target_weights_batch(self, actions: np.ndarray) -> np.ndarray:
+        """:meth:`target_weights` of each row of `actions` (S, N + 1) at once: (S, N + 1)."""
+        keep = self._keep[self._k]
+        a = np.asarray(actions, dtype="float64")[:, keep]
+        w = np.zeros((a.shape[0], self.n_assets + 1))
+        w[:, keep] = project_simplex_rows(np.minimum(np.maximum(a, -1.0), 1.0) * self.action_scale)
+        return w
+
+    def current_weights(self) -> np.ndarray:
+        """The (drifted) weights (N + 1,) held at the current decision's close, cash last."""
+        d = int(self.decision_days[self._k])
+        return np.append(self._close0[d] * self._units, self._cash) / self._value
+
+    def trade_weights(self, target: np.ndarray) -> np.ndarray:
+        """What is traded for `target` (N + 1,) at the current decision: the no-trade band
+        against the weights held at its close (which every input of the decision knows)."""
+        if self.no_trade_band <= 0.0:
+            return target
+        return apply_no_trade_band(target, self.current_weights(), self.no_trade_band)
 
     def pending_weights(self, action: np.ndarray) -> np.ndarray:
-        """The target weights (N + 1,) `action` maps to at the current decision."""
-        return self._project(action, self._keep[self._k])
+        """The weights (N + 1,) `action` trades to at the current decision (band applied)."""
+        return self.trade_weights(self.target_weights(action))
 
     def book_at_next_open(self) -> tuple[np.ndarray, float]:
         """The portfolio at the open of the next trade day, before trading: weights (N + 1,),
