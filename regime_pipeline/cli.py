@@ -80,7 +80,9 @@ def paper_weeks(last: dt.date) -> list[dt.date]:
     return [first + dt.timedelta(days=7 * i) for i in range((final - first).days // 7 + 1)]
 
 
-def run_stage(stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterInstance) -> None:
+def run_stage(
+    stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterInstance, run_config: dict | None = None,
+) -> None:
     """Materialize `stage`: one run over ``first..last``, one run per split, or one run."""
     from regime_pipeline.definitions import build_defs
 
@@ -103,6 +105,9 @@ def run_stage(stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterI
     for label, kwargs in runs:
         began = time.monotonic()
         print(f"==> {stage.name}: {', '.join(stage.assets)} {label}".rstrip(), flush=True)
+        ops = {name: config for name, config in (run_config or {}).items() if name in stage.assets}
+        if ops:
+            kwargs["run_config"] = {"ops": ops}
         result = job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False, **kwargs)
         failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
         for check in failed_checks:
@@ -147,13 +152,18 @@ def summarize(data_dir: str, upto: str) -> str:
                 pd.DataFrame(rows).to_string(index=False, float_format="{:.4f}".format)]
     if names.index(upto) >= names.index("policy"):
         policy = json.loads((Path(data_dir) / "models" / "ppo_policy.json").read_text())
-        seeds = ", ".join(f"seed {seed}: {s['val_sortino']:+.3f} at step {s['kept_step']:,}" for seed, s in policy["seeds"].items())
-        out.append(f"\nPPO policy (val Sortino, early-stopped): {seeds}; deployed seed {policy['chosen_seed']}")
+        score = policy["settings"]["val_score"]
+        seeds = ", ".join(f"{seed}: {s['val_smoothed']:+.4f} at {s['kept_step']:,}" for seed, s in policy["seeds"].items())
+        out.append(f"\nPPO policy, profile {policy['profile']}: ensemble of {len(policy['seeds'])} seeds deployed "
+                   f"(mean of their target weights). Kept step and smoothed val {score} per seed: {seeds}")
     if names.index(upto) >= names.index("backtest"):
         table = read_table(database, "allocation_backtest")
         table = table.set_index(["split", "strategy"]).loc[SPLIT_NAMES].reset_index()
-        out += ["\nAllocation backtests (weekly, net of 15 bps per side, 365-day annualisation):",
-                table.to_string(index=False, float_format="{:.4f}".format)]
+        columns = ["split", "strategy", "total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar",
+                   "annual_turnover", "sharpe_vs_ew", "sharpe_vs_ew_low", "sharpe_vs_ew_high"]
+        out += ["\nAllocation backtests (weekly, net of 15 bps per side, 365-day annualisation; Sharpe difference "
+                "to equal weight with its 95% bootstrap interval; full tables in data/reports/allocation_<split>.md):",
+                table[columns].to_string(index=False, float_format="{:.4f}".format)]
     if names.index(upto) >= names.index("rebalance"):
         out += ["", (Path(data_dir) / "reports" / "weekly_rebalance.md").read_text()]
     return "\n".join(out)
@@ -179,8 +189,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     first = dt.date.fromisoformat(args.start)
     last = dt.date.fromisoformat(args.end)
     names = [s.name for s in STAGES]
+    run_config = {"ppo_policy": {"config": {"profile": args.ppo_profile}}}
     for stage in STAGES[names.index(args.from_stage) : names.index(args.until) + 1]:
-        run_stage(stage, first, last, instance)
+        run_stage(stage, first, last, instance, run_config)
     print()
     print(summarize(default_data_dir(), args.until))
     print("\nOpen the UI with `make ui` to see every asset, its metadata, plots and checks.")
@@ -198,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     stage_names = [s.name for s in STAGES]
     run.add_argument("--from", dest="from_stage", default=stage_names[0], choices=stage_names, help="first stage to run")
     run.add_argument("--until", default=stage_names[-1], choices=stage_names, help="last stage to run")
+    run.add_argument("--ppo-profile", default="default", help="PPO training profile in configs/ppo.yaml "
+                     "(default; full: longer training, the published figures)")
     run.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     args.func(args)

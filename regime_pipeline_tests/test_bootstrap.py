@@ -84,9 +84,13 @@ def test_paired_sharpe_difference_interval_matches_the_asymptotic_one() -> None:
     assert row["sharpe_low"] < row["sharpe_diff"] < row["sharpe_high"]
     unpaired_se = math.sqrt((2 + (s_a**2 + s_b**2) / 2) / n) * math.sqrt(365)
     assert row["sharpe_high"] - row["sharpe_low"] < 0.6 * 2 * Z * unpaired_se
-    # CAGR: the observed difference, inside its interval.
-    assert row["cagr_diff"] == pytest.approx(performance.cagr(a) - performance.cagr(b), rel=1e-12)
-    assert row["cagr_low"] < row["cagr_diff"] < row["cagr_high"]
+    # CAGR: how much faster a compounded than b, (1 + CAGR_a) / (1 + CAGR_b) - 1, with the
+    # interval of the i.i.d. mean of the daily log-growth differences mapped through exp.
+    assert row["cagr_diff"] == pytest.approx((1 + performance.cagr(a)) / (1 + performance.cagr(b)) - 1, rel=1e-9)
+    d = np.log1p(a) - np.log1p(b)
+    half = Z * d.std(ddof=1) / math.sqrt(n) * 365
+    assert math.log1p(row["cagr_low"]) == pytest.approx(365 * d.mean() - half, abs=0.08 * half)
+    assert math.log1p(row["cagr_high"]) == pytest.approx(365 * d.mean() + half, abs=0.08 * half)
 
 
 def test_intervals_are_seeded() -> None:

@@ -29,8 +29,9 @@ def test_make_run_materializes_every_stage(tmp_path, monkeypatch, capsys):
     assert "Allocation backtests" in out
     backtest = read_table(database, "allocation_backtest")
     assert set(backtest["split"]) == {"train", "val", "test", "holdout"}
-    assert {"ppo", "btc_buy_and_hold", "equal_weight", "inverse_volatility", "momentum_inverse_vol"} <= set(backtest["strategy"])
+    assert {"ppo_ensemble", "btc_buy_and_hold", "equal_weight", "inverse_volatility", "momentum_inverse_vol",
+            "trend_risk_off_detector", "vol_target_trailing"} <= set(backtest["strategy"])
     policy = json.loads((tmp_path / "data" / "models" / "ppo_policy.json").read_text())
-    assert len(policy["seeds"]) >= 3
+    assert len(policy["seeds"]) >= 10 and policy["policy"]["kind"] == "ensemble"
     assert set(read_table(database, "vol_forecast_report")["split"]) == {"train", "val", "test", "holdout"}
     assert "Vol forecasts, pooled across assets" in out

@@ -9,7 +9,7 @@ import pandas as pd
 
 from regime_pipeline.configs import load_yaml
 from regime_pipeline.core.allocation import policy as allocation
-from regime_pipeline.core.allocation.policy import AllocationPolicy
+from regime_pipeline.core.allocation.policy import Policy, load_policy
 from regime_pipeline.core.trading.rebalance import RebalanceResult, rebalance
 from regime_pipeline.core.trading.risk import RiskLimits
 from regime_pipeline.partitions import WEEKLY
@@ -43,7 +43,7 @@ def trade_prices(data: allocation.AllocationData, week: dt.date) -> dict[str, fl
 
 
 def tracking(
-    ledger_equity: pd.DataFrame, policy: AllocationPolicy, data: allocation.AllocationData, limits: RiskLimits,
+    ledger_equity: pd.DataFrame, policy: Policy, data: allocation.AllocationData, limits: RiskLimits,
     initial_cash: float,
 ) -> pd.DataFrame:
     """The ledger's equity after each complete week's trades against the same policy's
@@ -85,7 +85,7 @@ def weekly_rebalance(
     the Sunday before the week only; the Monday open is the paper broker's fill price."""
     weeks = _weeks(context)
     trading = broker.open(log=context.log)
-    policy = AllocationPolicy.from_dict(ppo_policy["policy"])
+    policy = load_policy(ppo_policy["policy"])
     limits = RiskLimits.from_config()
     data = allocation.allocation_data(daily_bars, regime_probabilities)
     history = trading.ledger.equity_history()

@@ -8,9 +8,19 @@ probability ``1 / mean_block``, at a uniformly drawn day, wrapping around the en
 series is stationary, unlike with fixed blocks.
 
 Comparisons are paired: every strategy is resampled on the *same* days in a given replicate, so
-the interval of ``metric(a) - metric(b)`` reflects how the two differ, not the market's swings
-they share. Intervals are two-sided percentile intervals; the estimate is the difference on the
-original series. Settings: configs/allocation.yaml ``bootstrap``.
+the interval of a difference reflects how the two differ, not the market's swings they share.
+Intervals are two-sided percentile intervals; the estimate is the difference on the original
+series. Settings: configs/allocation.yaml ``bootstrap``.
+
+The differences:
+
+* Sharpe: ``sharpe(a) - sharpe(b)``;
+* CAGR: ``(1 + cagr(a)) / (1 + cagr(b)) - 1``, how much faster a compounded than b per year
+  (the CAGR of the ratio of their equity curves). The plain ``cagr(a) - cagr(b)`` scales with
+  the market's level: a resampled boom year in which both strategies make +800% puts a gap of
+  hundreds of points between two near-identical strategies, and its interval says more about
+  the market than about them (on 2024, [-181%, +5%] for two strategies whose Sharpe ratios
+  differed by 0.00 [-0.09, +0.08]).
 
 Shapes: a replicate matrix is (B, n): B resamples of n days.
 """
@@ -74,8 +84,9 @@ def stationary_indices(n: int, mean_block: float, resamples: int, rng: np.random
 
 
 def resampled_metrics(returns: np.ndarray, indices: np.ndarray, periods: int = performance.PERIODS_PER_YEAR) -> dict[str, np.ndarray]:
-    """Sharpe ratio and CAGR of each resample: ``{metric: (B,)}``, as :mod:`performance`
-    defines them (NaN Sharpe for a resample with zero volatility).
+    """Sharpe ratio and annual log growth ``log(1 + CAGR)`` of each resample: ``{"sharpe": (B,),
+    "log_growth": (B,)}``, as :mod:`performance` defines them (NaN Sharpe for a resample with
+    zero volatility).
 
     :param returns: (n,) daily net simple returns
     :param indices: (B, n) resampled day indices, e.g. from :func:`stationary_indices`
@@ -87,8 +98,7 @@ def resampled_metrics(returns: np.ndarray, indices: np.ndarray, periods: int = p
     std = sample.std(axis=1, ddof=1) if n > 1 else np.full(indices.shape[0], np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         sharpe = np.where(std > 0, mean / std * math.sqrt(periods), np.nan)
-    cagr = np.expm1(np.log1p(sample).sum(axis=1) * periods / n)
-    return {"sharpe": sharpe, "cagr": cagr}
+    return {"sharpe": sharpe, "log_growth": np.log1p(sample).sum(axis=1) * periods / n}
 
 
 def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -102,8 +112,15 @@ def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, 
     return float(low), float(high)
 
 
+def _difference(metric: str, a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray | float:
+    """Sharpe: a - b; CAGR from annual log growths: exp(a - b) - 1 (see the module docstring)."""
+    return a - b if metric == "sharpe" else np.expm1(a - b)
+
+
 def _point(metric: str, r: np.ndarray, periods: int) -> float:
-    return performance.sharpe(r, periods) if metric == "sharpe" else performance.cagr(r, periods)
+    if metric == "sharpe":
+        return performance.sharpe(r, periods)
+    return float(np.log1p(r).sum() * periods / r.size)
 
 
 def compare(
@@ -118,8 +135,9 @@ def compare(
     :param references: names in `returns` to compare against (e.g. equal weight, BTC)
     :returns: one row per (strategy, reference) with the reference itself left out:
         ``strategy, reference, <metric>_diff, <metric>_low, <metric>_high`` for sharpe and cagr
-        (CAGR differences in fractions: 0.05 = 5 points a year), ``n_days``, ``resamples``,
-        ``mean_block_days``. Seeded: the same inputs and settings give the same intervals.
+        (the CAGR difference as a fraction: 0.05 = compounding 5% a year faster than the
+        reference), ``n_days``, ``resamples``, ``mean_block_days``. Seeded: the same inputs and
+        settings give the same intervals.
     """
     settings = BootstrapSettings.from_config() if settings is None else settings
     series = {name: np.asarray(r, dtype="float64") for name, r in returns.items()}
@@ -131,7 +149,7 @@ def compare(
         raise ValueError(f"reference(s) {missing} not among the strategies {list(series)}")
     n = lengths.pop()
     rng = np.random.default_rng(settings.seed)
-    replicated: dict[str, dict[str, list[np.ndarray]]] = {name: {m: [] for m in METRICS} for name in series}
+    replicated: dict[str, dict[str, list[np.ndarray]]] = {name: {"sharpe": [], "log_growth": []} for name in series}
     for done in range(0, settings.resamples, _CHUNK):
         indices = stationary_indices(n, settings.mean_block_days, min(_CHUNK, settings.resamples - done), rng)
         for name, r in series.items():
@@ -145,9 +163,10 @@ def compare(
                 continue
             row: dict[str, object] = {"strategy": name, "reference": reference}
             for metric in METRICS:
-                diff = metrics[name][metric] - metrics[reference][metric]
+                key = "sharpe" if metric == "sharpe" else "log_growth"
+                diff = _difference(metric, metrics[name][key], metrics[reference][key])
                 low, high = percentile_interval(diff, settings.confidence)
-                row[f"{metric}_diff"] = _point(metric, r, periods) - _point(metric, series[reference], periods)
+                row[f"{metric}_diff"] = float(_difference(metric, _point(metric, r, periods), _point(metric, series[reference], periods)))
                 row[f"{metric}_low"], row[f"{metric}_high"] = low, high
             rows.append(row)
     frame = pd.DataFrame(rows)
