@@ -1,4 +1,4 @@
-"""Partitions of the asset graph, and the split windows they are derived from.
+"""Partitions of the asset graph, and the split windows and origins they are derived from.
 
 The single source of truth: every asset, job and schedule imports its partitions from
 here, and the split windows come from ``configs/splits.yaml``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from regime_pipeline.configs import history_start, splits
+from regime_pipeline.core.allocation.walk_forward import WalkForwardSettings
 
 # One partition per UTC day from the first Binance spot USDT candle.
 DAILY = dg.DailyPartitionsDefinition(start_date=history_start().isoformat(), timezone="UTC")
@@ -22,3 +23,11 @@ WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2018-01-01", day_offset=1, ti
 # date-by-split grid would be three quarters empty; split assets are their own axis.
 SPLIT_NAMES = list(splits())
 SPLIT = dg.StaticPartitionsDefinition(SPLIT_NAMES)
+
+# Walk-forward origins (years): origin Y's models are fitted on days before Y - 1, selected on
+# Y - 1, and predict or trade Y. ORIGIN is the regime walk-forward's axis (its out-of-sample
+# probabilities); POLICY_ORIGIN the origins an allocation policy can have, two years after the
+# first probability origin (configs/allocation.yaml `walk_forward`). Keys are the years as text.
+_WALK_FORWARD = WalkForwardSettings.from_config()
+ORIGIN = dg.StaticPartitionsDefinition([str(y) for y in _WALK_FORWARD.probability_origins])
+POLICY_ORIGIN = dg.StaticPartitionsDefinition([str(y) for y in _WALK_FORWARD.policy_origins])

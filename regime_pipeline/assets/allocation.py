@@ -94,6 +94,8 @@ def train_ensemble(
         "profile": profile,
         "train": list(train),
         "val": list(val),
+        "training": {"seconds": round(float(table["seconds"].sum()), 1), "wall_seconds": round(wall, 1),
+                     "workers": config.workers},
     }
     metadata = {
         "deployed": f"ensemble of {len(runs)} seeds: the mean of their target weights",

@@ -194,3 +194,29 @@ def plot_equity_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: 
     top.set_title(title, fontsize=10)
     bottom.set_ylabel("drawdown")
     return fig
+
+
+def plot_differences(frame: pd.DataFrame, metric: str, reference: str, title: str) -> plt.Figure:
+    """Each strategy's difference to `reference` per origin (and pooled) with its interval: one
+    panel per strategy, a point and a bar per origin, zero marked.
+
+    :param frame: rows ``origin, strategy, <metric>_vs_<reference>, ..._low, ..._high``
+    """
+    strategies = [s for s in dict.fromkeys(frame["strategy"]) if s in set(frame["strategy"])]
+    origins = list(dict.fromkeys(frame["origin"]))
+    fig, axes = plt.subplots(1, len(strategies), figsize=(2.0 * len(strategies) + 1, 3.2), sharey=True,
+                             constrained_layout=True, squeeze=False)
+    column = f"{metric}_vs_{reference}"
+    for ax, strategy in zip(axes[0], strategies):
+        rows = frame.loc[frame["strategy"] == strategy].set_index("origin").reindex(origins)
+        x = np.arange(len(origins))
+        est, low, high = rows[column].to_numpy(float), rows[f"{column}_low"].to_numpy(float), rows[f"{column}_high"].to_numpy(float)
+        colors = ["#c44e52" if h < 0 else "#55a868" if lo > 0 else "#4c72b0" for lo, h in zip(low, high)]
+        ax.vlines(x, low, high, colors=colors, lw=2)
+        ax.scatter(x, est, color=colors, zorder=3, s=14)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xticks(x, [str(o) for o in origins], rotation=60, fontsize=7)
+        ax.set_title(strategy, fontsize=7)
+    axes[0][0].set_ylabel(f"{metric} − {reference} (95% interval)")
+    fig.suptitle(title, fontsize=10)
+    return fig

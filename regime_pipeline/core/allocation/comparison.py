@@ -142,9 +142,80 @@ def formatted(frame: pd.DataFrame) -> pd.DataFrame:
             continue
         for metric, fmt in (("sharpe", "{:+.2f}"), ("cagr", "{:+.1%}")):
             col = f"{metric}_vs_{short}"
+            reference = _reference_of(col)
             out[f"Δ{'Sharpe' if metric == 'sharpe' else 'CAGR'} vs {short.upper()} [95%]"] = [
-                "" if pd.isna(e) or (e == 0 and lo == 0 and hi == 0) else
+                "" if pd.isna(e) or name == reference else
                 f"{fmt.format(e)} [{fmt.format(lo) if pd.notna(lo) else '?'}, {fmt.format(hi) if pd.notna(hi) else '?'}]"
-                for e, lo, hi in zip(frame[col], frame[f"{col}_low"], frame[f"{col}_high"])
+                for name, e, lo, hi in zip(frame["strategy"], frame[col], frame[f"{col}_low"], frame[f"{col}_high"])
             ]
     return out
+
+
+def long_returns(results: Mapping[str, Result]) -> pd.DataFrame:
+    """Every strategy's evaluated days as rows ``strategy, date, net_return, turnover`` (the
+    turnover of the trade made at that day's open, 0 on other days): what a comparison needs
+    to be recomputed or pooled later."""
+    frames = []
+    for name, r in results.items():
+        turnover = np.zeros(r.returns.size)
+        turnover[r.rebalance_days] = r.turnover
+        frames.append(pd.DataFrame({"strategy": name, "date": r.dates[1:], "net_return": r.period_returns,
+                                    "turnover": turnover[1:]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def series_from_long(frame: pd.DataFrame) -> dict[str, Series]:
+    """The inverse of :func:`long_returns`, strategies in their order of appearance (turnover
+    per day, which gives the same annual turnover as per rebalance)."""
+    out = {}
+    for name in dict.fromkeys(frame["strategy"]):
+        rows = frame.loc[frame["strategy"] == name].sort_values("date", kind="stable")
+        out[name] = Series(rows["net_return"].to_numpy(dtype="float64"), rows["turnover"].to_numpy(dtype="float64"))
+    return out
+
+
+def pivot(tables: Mapping[str, pd.DataFrame], column: str, fmt: str = "{:+.2f}") -> pd.DataFrame:
+    """Strategy x window: ``column`` with its interval (``estimate [low, high]``) from each
+    window's :func:`table` (e.g. ``sharpe_vs_ew`` per origin and pooled)."""
+    reference = _reference_of(column)
+    rows: dict[str, dict[str, str]] = {}
+    for window, frame in tables.items():
+        for _, r in frame.iterrows():
+            if r["strategy"].startswith("ppo_seeds_") or r["strategy"] == reference or pd.isna(r.get(column)):
+                continue
+            low, high = r.get(f"{column}_low"), r.get(f"{column}_high")
+            cell = fmt.format(r[column])
+            if pd.notna(low) and pd.notna(high):
+                cell += f" [{fmt.format(low)}, {fmt.format(high)}]"
+            rows.setdefault(r["strategy"], {})[window] = cell
+    frame = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(tables)).fillna("")
+    return frame.rename_axis("strategy").reset_index()
+
+
+def _reference_of(column: str) -> str | None:
+    """The reference strategy a ``<metric>_vs_<short>`` column compares with, if any."""
+    if "_vs_" not in column:
+        return None
+    short = column.split("_vs_", 1)[1].split("_", 1)[0]
+    return {v: k for k, v in REFERENCES.items()}.get(short)
+
+
+def scorecard(per_window: Mapping[str, pd.DataFrame], pooled_table: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy: in how many windows its Sharpe ratio beat equal weight, BTC, and both
+    (point estimates), in how many the interval against equal weight lay above zero, and the
+    pooled Sharpe difference to equal weight with its interval."""
+    rows = []
+    names = [s for s in pooled_table["strategy"] if not s.startswith("ppo_seeds_") and s not in REFERENCES]
+    for name in names:
+        hits = [f.loc[f["strategy"] == name].iloc[0] for f in per_window.values() if (f["strategy"] == name).any()]
+        beats_ew = sum(bool(h["sharpe_vs_ew"] > 0) for h in hits)
+        beats_btc = sum(bool(h["sharpe_vs_btc"] > 0) for h in hits)
+        both = sum(bool(h["sharpe_vs_ew"] > 0 and h["sharpe_vs_btc"] > 0) for h in hits)
+        above = sum(bool(h["sharpe_vs_ew_low"] > 0) for h in hits)
+        p = pooled_table.loc[pooled_table["strategy"] == name].iloc[0]
+        rows.append({"strategy": name, "windows": len(hits), "beats_ew": beats_ew, "beats_btc": beats_btc,
+                     "beats_both": both, "ew_interval_above_zero": above, "pooled_sharpe_vs_ew": p["sharpe_vs_ew"],
+                     "pooled_sharpe_vs_ew_low": p["sharpe_vs_ew_low"], "pooled_sharpe_vs_ew_high": p["sharpe_vs_ew_high"],
+                     "pooled_sharpe_vs_btc": p["sharpe_vs_btc"], "pooled_sharpe_vs_btc_low": p["sharpe_vs_btc_low"],
+                     "pooled_sharpe_vs_btc_high": p["sharpe_vs_btc_high"]})
+    return pd.DataFrame(rows)
