@@ -146,3 +146,16 @@ def test_a_detector_rule_refuses_closes_of_another_calendar() -> None:
     strategy = rules.rule_strategies(data, rules.calibrate(data, *TRAIN, CONFIG), CONFIG)["vol_target_detector"]
     with pytest.raises(ValueError, match="do not match"):
         strategy(data.prices.close[:1000] * 1.01)
+
+
+def test_all_decisions_at_once_equal_one_decision_at_a_time() -> None:
+    data = _data()
+    start, end = D(2022, 1, 1), D(2023, 6, 30)
+    days = decision_days(data.prices.dates, start, end, settings().rebalance_weekday)
+    for name, strategy in rules.rule_strategies(data, rules.calibrate(data, *TRAIN, CONFIG), CONFIG).items():
+        at_once = strategy.targets(data.prices.close, days)
+        one_by_one = np.stack([strategy(data.prices.close[: d + 1]) for d in days])
+        np.testing.assert_array_equal(at_once, one_by_one, err_msg=name)
+        assert np.allclose(at_once.sum(axis=1), 1.0) and (at_once >= 0).all()
+        with pytest.raises(ValueError, match="do not match"):
+            strategy.targets(data.prices.close * 1.01, days)

@@ -331,15 +331,20 @@ class AllocationEnv(gymnasium.Env):
     def target_weights_batch(self, actions: np.ndarray) -> np.ndarray:
         """:meth:`target_weights` of each row of `actions` (S, N + 1) at once: (S, N + 1)."""
         keep = self._keep[self._k]
-        a = np.asarray(actions, dtype="float64")[:, keep]
+        a = np.clip(np.asarray(actions, dtype="float64")[:, keep], -1.0, 1.0)
+        a *= self.action_scale
         w = np.zeros((a.shape[0], self.n_assets + 1))
-        w[:, keep] = project_simplex_rows(np.minimum(np.maximum(a, -1.0), 1.0) * self.action_scale)
+        w[:, keep] = project_simplex_rows(a)
         return w
 
     def current_weights(self) -> np.ndarray:
         """The (drifted) weights (N + 1,) held at the current decision's close, cash last."""
         d = int(self.decision_days[self._k])
-        return np.append(self._close0[d] * self._units, self._cash) / self._value
+        w = np.empty(self.n_assets + 1)
+        np.multiply(self._close0[d], self._units, out=w[: self.n_assets])
+        w[self.n_assets] = self._cash
+        w /= self._value
+        return w
 
     def trade_weights(self, target: np.ndarray) -> np.ndarray:
         """What is traded for `target` (N + 1,) at the current decision: the no-trade band
@@ -369,7 +374,7 @@ class AllocationEnv(gymnasium.Env):
         d, e = int(self.decision_days[k]), int(self.ends[k])
         t = d + 1
 
-        # Same operations, in the same order, as portfolio.simulate (equal equity to ~1e-15).
+        # The accounting of portfolio.simulate, one trade at a time (equity equal to ~1e-14 relative).
         open_t = self._open0[t]
         held_open = self._units * open_t
         v_open = self._cash + float(np.add.reduce(held_open))

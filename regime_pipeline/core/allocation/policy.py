@@ -245,14 +245,17 @@ class EnsemblePolicy:
     def actions(self, obs: np.ndarray) -> np.ndarray:
         """(D,) observation -> (S, N + 1) the members' actions (each as :meth:`AllocationPolicy.action`)."""
         clip = self.members[0].clip_obs
-        h = np.minimum(np.maximum((np.asarray(obs, dtype="float64") - self._mean) / self._scale, -clip), clip)
+        h = np.subtract(np.asarray(obs, dtype="float64"), self._mean)
+        h /= self._scale
+        np.clip(h, -clip, clip, out=h)
         act = _ACTIVATIONS[self.members[0].activation]
         last = len(self._weights) - 1
         for j, (w, b) in enumerate(zip(self._weights, self._biases)):
-            h = np.einsum("soi,si->so", w, h) + b
+            h = np.matmul(w, h[:, :, None])[:, :, 0]
+            h += b
             if j < last:
                 h = act(h)
-        return np.minimum(np.maximum(h, -1.0), 1.0)
+        return np.clip(h, -1.0, 1.0, out=h)
 
     def member_targets(self, obs: np.ndarray, env: AllocationEnv) -> np.ndarray:
         """(S, N + 1) each member's target weights at `env`'s current decision (before the band)."""
@@ -260,7 +263,8 @@ class EnsemblePolicy:
 
     def target(self, obs: np.ndarray, env: AllocationEnv) -> np.ndarray:
         """The mean of the members' targets, through the no-trade band: the weights traded."""
-        return env.trade_weights(self.member_targets(obs, env).mean(axis=0))
+        targets = self.member_targets(obs, env)
+        return env.trade_weights(np.add.reduce(targets, axis=0) / targets.shape[0])
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "ensemble", "members": [m.to_dict() for m in self.members]}

@@ -30,8 +30,10 @@ Model (long-only, N assets quoted in USDT plus USDT cash):
   counted once and NOT halved: cash -> 100% BTC is 1.0 (one buy), 100% BTC -> 100% ETH is
   2.0 (a sell and a buy), each paying the per-side fee + slippage.
 
-The loop runs over rebalances only (weekly: a few hundred over the whole history), a few
-operations each; the days are then computed all at once with array operations.
+No loop: between two trades the book only drifts, so the value at a trade's open is the value
+after the previous trade times the growth of the previous target's holdings, ``g_k = cash +
+Σ w_i · open_i[t_k] / open_i[t_k-1]``, and the value after each trade is a running product of
+``g_k · (1 - rate · turnover_k)``. Trades and then days are computed with array operations.
 """
 
 from __future__ import annotations
@@ -218,22 +220,25 @@ def simulate(
     # An unlisted asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
     open_safe = np.where(np.isnan(open_), 1.0, open_)
 
-    # The sequential part, trade by trade: the holdings after each trade. Segment k covers the
-    # days [bounds[k], bounds[k + 1]) held with seg_units[k] and seg_cash[k] (segment 0: the
-    # capital 1.0 in cash, before the first trade).
-    seg_units = np.zeros((days.size + 1, n))
-    seg_cash = np.ones(days.size + 1)
-    v_after = np.empty(days.size)
-    units, cash = seg_units[0], 1.0
-    for k, t in enumerate(trades):
-        held_open = units * open0[t]
-        v_open = cash + float(np.add.reduce(held_open))
-        turnover[k] = float(np.add.reduce(np.abs(targets[k, :n] - held_open / v_open)))
-        costs[k] = rate * turnover[k] * v_open
-        v_after[k] = v_open - costs[k]
-        units = clean[k, :n] * (v_after[k] / open_safe[t])
-        cash = float(clean[k, n] * v_after[k])
-        seg_units[k + 1], seg_cash[k + 1] = units, cash
+    # Trade by trade, as array operations: the drifted weights at each trade's open follow from
+    # the previous target and the open-to-open price ratios; the values are a running product.
+    n_trades = days.size
+    open_prev = open_safe[trades[:-1]]  # (K - 1, N): a placeholder 1 where the asset was not listed
+    held_growth = clean[:-1, :n] * (open0[trades[1:]] / open_prev)  # value at the next open per unit after the trade
+    growth = np.ones(n_trades)  # g_k: value at trade k's open over value after trade k - 1 (1 for the first trade, from cash)
+    growth[1:] = np.add.reduce(held_growth, axis=1) + clean[:-1, n]
+    drifted = np.zeros((n_trades, n))  # weights held at each trade's open, before it (all cash before the first)
+    drifted[1:] = held_growth / growth[1:, None]
+    turnover[:] = np.add.reduce(np.abs(targets[:, :n] - drifted), axis=1)
+    v_after = np.cumprod(growth * (1.0 - rate * turnover))
+    v_open = np.empty(n_trades)
+    v_open[:1] = 1.0
+    v_open[1:] = v_after[:-1] * growth[1:]
+    costs[:] = rate * turnover * v_open
+    seg_units = np.zeros((n_trades + 1, n))
+    seg_cash = np.ones(n_trades + 1)
+    seg_units[1:] = clean[:, :n] * v_after[:, None] / open_safe[trades]
+    seg_cash[1:] = clean[:, n] * v_after
 
     # Everything per day, at once: holdings repeated over their segment's days.
     bounds = np.concatenate([[0], trades, [t_days]])

@@ -29,7 +29,7 @@ import pandas as pd
 
 from regime_pipeline.configs import load_yaml
 from regime_pipeline.core.allocation.policy import AllocationData
-from regime_pipeline.core.allocation.strategies import Strategy, settings as backtest_settings, trailing_volatility
+from regime_pipeline.core.allocation.strategies import settings as backtest_settings
 
 VOL_PREFIX, TREND_PREFIX = ":vol_", ":trend_"
 
@@ -139,81 +139,96 @@ def calibrate(data: AllocationData, start: dt.date, end: dt.date, config: RuleSe
     return Calibration((start, end), float(np.quantile(observed, config.target_quantile)), levels, classes, int(observed.size))
 
 
-def _cash(n: int) -> np.ndarray:
-    w = np.zeros(n + 1)
-    w[n] = 1.0
+def trend_risk_off_rows(downtrend: np.ndarray, listed: np.ndarray, share: float) -> np.ndarray:
+    """:func:`trend_risk_off` for K decisions at once: (K, N) masks in, (K, N + 1) weights out."""
+    k, n = listed.shape
+    m = listed.sum(axis=1)
+    cash = (m == 0) | ((downtrend & listed).sum(axis=1) > share * m)
+    w = np.zeros((k, n + 1))
+    w[:, :n] = np.where(listed & ~cash[:, None], 1.0 / np.maximum(m, 1)[:, None], 0.0)
+    w[:, n] = cash
     return w
 
 
 def trend_risk_off(downtrend: np.ndarray, listed: np.ndarray, share: float) -> np.ndarray:
     """All cash when more than `share` of the `listed` assets (N,) are in a `downtrend` (N,),
     else equal weight over them; all cash when none is listed."""
-    n = listed.shape[0]
-    m = int(listed.sum())
-    if m == 0 or int((downtrend & listed).sum()) > share * m:
-        return _cash(n)
-    w = np.zeros(n + 1)
-    w[:n][listed] = 1.0 / m
+    return trend_risk_off_rows(downtrend[None], listed[None], share)[0]
+
+
+def vol_target_rows(sigma: np.ndarray, listed: np.ndarray, target: float) -> np.ndarray:
+    """:func:`vol_target` for K decisions at once: (K, N) in, (K, N + 1) weights out."""
+    k, n = listed.shape
+    m = listed.sum(axis=1)
+    known = np.isfinite(sigma) & (sigma > 0)
+    scale = np.minimum(1.0, np.divide(target, sigma, out=np.ones_like(sigma), where=known))
+    w = np.zeros((k, n + 1))
+    w[:, :n] = np.where(listed, scale / np.maximum(m, 1)[:, None], 0.0)
+    w[:, n] = np.maximum(0.0, 1.0 - w[:, :n].sum(axis=1))
     return w
 
 
 def vol_target(sigma: np.ndarray, listed: np.ndarray, target: float) -> np.ndarray:
     """Equal weight over the `listed` assets, each scaled by ``min(1, target / sigma_i)``; an
-    asset without a finite positive `sigma` (N,) is not scaled; the rest in cash."""
-    n = listed.shape[0]
-    m = int(listed.sum())
-    if m == 0:
-        return _cash(n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(np.isfinite(sigma) & (sigma > 0), np.minimum(1.0, target / sigma), 1.0)
-    w = np.zeros(n + 1)
-    w[:n] = np.where(listed, scale / m, 0.0)
-    w[n] = max(0.0, 1.0 - float(w[:n].sum()))
-    return w
+    asset without a finite positive `sigma` (N,) is not scaled; the rest in cash (all cash when
+    none is listed)."""
+    return vol_target_rows(sigma[None], listed[None], target)[0]
 
 
-def _on_calendar(data: AllocationData, per_day, name: str) -> Strategy:
-    """A strategy reading row d of precomputed, causal per-day arrays, d found from the closes it
-    is handed (which must be `data`'s)."""
-    close_all = data.prices.close
+class DailyRule:
+    """A rule on precomputed per-day signals (rows known at each day's close, so causal): a
+    :data:`~regime_pipeline.core.allocation.strategies.Strategy` for one decision (the day found
+    from the closes it is handed, which must be `data`'s), and :meth:`targets` for many decisions
+    at once (what ``run_strategy`` uses)."""
 
-    def strategy(close: np.ndarray) -> np.ndarray:
+    def __init__(self, data: AllocationData, rows, name: str) -> None:
+        self._close = data.prices.close
+        self._listed = np.isfinite(data.prices.close)
+        self._rows = rows  # (day indices (K,), listed (K, N)) -> (K, N + 1) weights
+        self.name = name
+
+    def targets(self, close: np.ndarray, days: np.ndarray) -> np.ndarray:
+        """(K, N + 1) weights at the closes of `days`, row indices into `close` (the data's)."""
+        if close is not self._close and not np.array_equal(close, self._close, equal_nan=True):
+            raise ValueError(f"{self.name}: the closes do not match the data it was built with")
+        return self._rows(days, self._listed[days])
+
+    def __call__(self, close: np.ndarray) -> np.ndarray:
         d = close.shape[0] - 1
-        if d >= close_all.shape[0] or not np.array_equal(close[-1], close_all[d], equal_nan=True):
-            raise ValueError(f"{name}: the closes do not match the data it was built with")
-        return per_day(d, np.isfinite(close[-1]))
+        ok = d < self._close.shape[0] and close.shape[1] == self._close.shape[1]
+        if ok:
+            a, b = close[-1], self._close[d]
+            ok = bool(((a == b) | (np.isnan(a) & np.isnan(b))).all())
+        if not ok:
+            raise ValueError(f"{self.name}: the closes do not match the data it was built with")
+        return self._rows(np.array([d]), self._listed[[d]])[0]
 
-    return strategy
 
-
-def rule_strategies(data: AllocationData, calibration: Calibration, config: RuleSettings | None = None) -> dict[str, Strategy]:
+def rule_strategies(data: AllocationData, calibration: Calibration, config: RuleSettings | None = None) -> dict[str, DailyRule]:
     """The four rules on `data` (prices and probabilities on one calendar), with the training
     `calibration`: ``{trend_risk_off_detector, trend_risk_off_momentum, vol_target_detector,
     vol_target_trailing}``. Each reads nothing after its decision day."""
     config = RuleSettings.from_config() if config is None else config
     bt = backtest_settings()
+    close = data.prices.close
     trend = _probabilities(data, TREND_PREFIX)  # (T, N, K)
-    has_trend = np.isfinite(trend).all(axis=2)
-    worst = has_trend & (np.argmax(np.nan_to_num(trend, nan=-1.0), axis=2) == 0)
+    worst = np.isfinite(trend).all(axis=2) & (np.argmax(np.nan_to_num(trend, nan=-1.0), axis=2) == 0)
     vol = _probabilities(data, VOL_PREFIX)
     expected_vol = np.where(np.isfinite(vol).all(axis=2), np.nan_to_num(vol) @ np.asarray(calibration.vol_levels), np.nan)
-
-    def momentum_down(close: np.ndarray) -> np.ndarray:
-        lookback = bt.momentum_lookback_days
-        if close.shape[0] < lookback + 1:
-            return np.zeros(close.shape[1], dtype=bool)
-        with np.errstate(invalid="ignore"):
-            momentum = close[-1] / close[-1 - lookback] - 1.0
-        return np.isfinite(momentum) & (momentum < 0)
-
-    def trailing(close: np.ndarray) -> np.ndarray:
-        return trailing_volatility(close, bt.inverse_vol_window_days) * math.sqrt(bt.periods_per_year)
+    lookback = bt.momentum_lookback_days
+    momentum = np.full(close.shape, np.nan)
+    momentum[lookback:] = close[lookback:] / close[:-lookback] - 1.0
+    momentum_down = np.isfinite(momentum) & (momentum < 0)
+    trailing = _annualised_trailing_vol(close, bt.inverse_vol_window_days)
+    target = calibration.target_vol
 
     return {
-        "trend_risk_off_detector": _on_calendar(
-            data, lambda d, listed: trend_risk_off(worst[d], listed, config.share), "trend_risk_off_detector"),
-        "trend_risk_off_momentum": lambda close: trend_risk_off(momentum_down(close), np.isfinite(close[-1]), config.share),
-        "vol_target_detector": _on_calendar(
-            data, lambda d, listed: vol_target(expected_vol[d], listed, calibration.target_vol), "vol_target_detector"),
-        "vol_target_trailing": lambda close: vol_target(trailing(close), np.isfinite(close[-1]), calibration.target_vol),
+        "trend_risk_off_detector": DailyRule(
+            data, lambda d, listed: trend_risk_off_rows(worst[d], listed, config.share), "trend_risk_off_detector"),
+        "trend_risk_off_momentum": DailyRule(
+            data, lambda d, listed: trend_risk_off_rows(momentum_down[d], listed, config.share), "trend_risk_off_momentum"),
+        "vol_target_detector": DailyRule(
+            data, lambda d, listed: vol_target_rows(expected_vol[d], listed, target), "vol_target_detector"),
+        "vol_target_trailing": DailyRule(
+            data, lambda d, listed: vol_target_rows(trailing[d], listed, target), "vol_target_trailing"),
     }
