@@ -259,3 +259,32 @@ def test_seeds_trained_in_worker_processes_equal_seeds_trained_here() -> None:
             np.testing.assert_array_equal(bx, by)
         assert y.sb3_zip[:2] == b"PK"  # the SB3 model, saved
     assert [r.seed for r in pooled] == [0, 1]
+
+
+def test_an_ensembles_weekly_decision_is_unchanged_when_everything_after_its_sunday_is_shocked() -> None:
+    """The deployed form (seed ensemble, no-trade band, risk limits on its model book): the
+    target for a week depends on nothing after the Sunday close before it."""
+    from regime_pipeline.core.trading.risk import RiskLimits
+
+    ensemble = ppo.ensemble([_trained(0), _trained(1)])
+    data, limits = _data(), RiskLimits.from_config()
+    first, week = D(2021, 1, 4), D(2021, 6, 7)
+    sunday = week - dt.timedelta(days=1)
+    t = data.index(sunday)
+    rng = np.random.default_rng(8)
+    shock = rng.uniform(0.5, 2.0, size=data.prices.close[t + 1 :].shape)
+    prices = dataclasses.replace(data.prices, open=data.prices.open.copy(), close=data.prices.close.copy())
+    prices.open[t + 1 :] *= shock
+    prices.close[t + 1 :] *= shock[::-1]
+    probs = data.probs.copy()
+    probs[t + 1 :] = rng.random(probs[t + 1 :].shape)
+    altered = allocation.AllocationData(prices, probs, data.prob_columns)
+    a = allocation.decide_week(ensemble, data, first, week, limits)
+    b = allocation.decide_week(ensemble, altered, first, week, limits)
+    assert a.data_through == b.data_through == sunday
+    np.testing.assert_array_equal(a.target, b.target)
+    np.testing.assert_array_equal(a.observation, b.observation)
+    # The next week's decision does see the shocked days.
+    later = week + dt.timedelta(days=7)
+    assert not np.array_equal(allocation.decide_week(ensemble, data, first, later, limits).observation,
+                              allocation.decide_week(ensemble, altered, first, later, limits).observation)
