@@ -243,6 +243,10 @@ def test_no_trade_band_keeps_small_moves_and_trades_large_ones_in_full() -> None
     out = apply_no_trade_band(np.array([0.29, 0.71, 0.0]), np.array([0.30, 0.0, 0.70]), 0.02)
     np.testing.assert_allclose(out, [0.30, 0.70, 0.0])
     assert apply_no_trade_band(target, current, 0.0) is target
+    # A fully invested book whose drifted weights sum to a hair above 1 (float dust), no buy.
+    dusty = np.array([0.1, 0.2, 0.3, 0.4 + 3e-16, 0.0])
+    out = apply_no_trade_band(np.array([0.1, 0.2, 0.3, 0.3, 0.1]), dusty, 0.2)
+    assert out.sum() == pytest.approx(1.0, abs=1e-15) and (out >= 0).all()
 
 
 def test_the_band_lowers_turnover_and_stays_inside_the_simplex() -> None:

@@ -134,9 +134,15 @@ def apply_no_trade_band(target: np.ndarray, current: np.ndarray, band: float) ->
     out[:n] = np.where(move, target[:n], current[:n])
     invested = float(np.add.reduce(out[:n]))
     if invested > 1.0:
+        # The excess is at most the buys (the kept weights sum to at most 1), up to float dust,
+        # which a fully invested book with no buy can carry: then it is rescaled away.
         buys = np.maximum(out[:n] - current[:n], 0.0)
-        out[:n] -= buys * ((invested - 1.0) / float(np.add.reduce(buys)))
-        invested = 1.0
+        bought = float(np.add.reduce(buys))
+        if bought > 0.0:
+            out[:n] -= buys * min(1.0, (invested - 1.0) / bought)
+        else:
+            out[:n] /= invested
+        invested = float(np.add.reduce(out[:n]))
     out[n] = max(0.0, 1.0 - invested)
     return out
 

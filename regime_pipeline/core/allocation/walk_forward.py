@@ -17,7 +17,6 @@ So the first origin with a policy is two years after the first probability origi
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -127,7 +126,3 @@ def first_day(probabilities: pd.DataFrame) -> dt.date:
     """The first day with a probability (of any asset)."""
     return pd.Timestamp(pd.to_datetime(probabilities["date"]).min()).date()
 
-
-def origins_before(origin: int, origins: Sequence[int]) -> list[int]:
-    """The probability origins whose days come before `origin`'s year."""
-    return [o for o in origins if o < origin]
