@@ -42,8 +42,9 @@ def _val_sortino(policy: AllocationPolicy) -> float:
 
 
 def _train_env():
+    fast = ppo.settings("fast")
     return allocation.make_env(_data(), *TRAIN, episode_weeks=26, random_start=True,
-                               no_trade_band=ppo.settings("fast").no_trade_band)
+                               no_trade_band=fast.no_trade_band, rebalance_rate=fast.rebalance_rate)
 
 
 def test_probabilities_are_laid_out_per_asset_then_market() -> None:

@@ -249,12 +249,32 @@ def test_no_trade_band_keeps_small_moves_and_trades_large_ones_in_full() -> None
     assert out.sum() == pytest.approx(1.0, abs=1e-15) and (out >= 0).all()
 
 
-def test_the_band_lowers_turnover_and_stays_inside_the_simplex() -> None:
+def test_the_book_moves_the_rebalance_rate_of_the_way_to_the_banded_target() -> None:
+    env = _env("2021-01-01", "2021-12-31", episode_weeks=None, random_start=False, no_trade_band=0.05, rebalance_rate=0.25)
+    env.reset()
+    n = env.n_assets
+    ew = np.append(np.full(n, 1.0 / n), 0.0)
+    _, _, _, _, info = env.step_weights(env.trade_weights(ew))  # from cash: a quarter of the way
+    np.testing.assert_allclose(info["target"], np.append(np.full(n, 0.25 / n), 0.75), atol=1e-15)
+    # Next: assets within 5 points of equal weight keep their weight; the move is a quarter of the rest.
+    current = env.current_weights()
+    target = ew.copy()
+    target[0], target[1], target[n] = 0.5, 0.0, 0.0
+    target[2:n] = (1 - 0.5) / (n - 2)
+    expected = current + 0.25 * (apply_no_trade_band(target, current, 0.05) - current)
+    np.testing.assert_allclose(env.trade_weights(target), expected, atol=1e-15)
+    assert env.trade_weights(target)[1] == current[1]  # 1/13 * 0.25 away from 0: inside the band
+    with pytest.raises(ValueError, match="rebalance_rate"):
+        _env(rebalance_rate=0.0)
+
+
+def test_the_band_and_the_rate_lower_turnover_and_stay_inside_the_simplex() -> None:
     p = _prices()
     rng = np.random.default_rng(4)
     turnover = {}
-    for band in (0.0, 0.03):
-        env = _env("2021-01-01", "2022-12-31", episode_weeks=None, random_start=False, no_trade_band=band)
+    for band, rate in ((0.0, 1.0), (0.03, 1.0), (0.0, 0.33)):
+        env = _env("2021-01-01", "2022-12-31", episode_weeks=None, random_start=False, no_trade_band=band,
+                   rebalance_rate=rate)
         env.reset()
         base = np.concatenate([np.ones(env.n_assets), [-1.0]])
         total, done, k = 0.0, False, 0
@@ -264,5 +284,6 @@ def test_the_band_lowers_turnover_and_stays_inside_the_simplex() -> None:
             validate_weights(info["target"], p.open[env.decision_days[k] + 1])
             total += info["turnover"]
             done, k = terminated or truncated, k + 1
-        turnover[band] = total
-    assert turnover[0.03] < 0.5 * turnover[0.0]
+        turnover[band, rate] = total
+    assert turnover[0.03, 1.0] < 0.5 * turnover[0.0, 1.0]
+    assert turnover[0.0, 0.33] < 0.5 * turnover[0.0, 1.0]

@@ -28,12 +28,14 @@ one coordinate and -1 elsewhere gives a weight of exactly 1 there, and any coord
 value is at least ``1 / scale`` below the top one gets exactly 0. Equal actions give equal
 weights. Out-of-box actions are clipped first.
 
-No-trade band (``no_trade_band`` = b, a weight): the projected target is then traded only where
-it moves an asset's weight by more than b from the current (drifted) weight at close ``d``; an
-asset within the band keeps its current weight, cash takes the difference
-(:func:`apply_no_trade_band`). Under proportional costs, small adjustments cost more than they
-are worth, and a policy whose output jitters from week to week would otherwise pay for the
-jitter. b = 0 trades to the target exactly.
+Execution (:meth:`AllocationEnv.trade_weights`): the projected target is not traded as it is.
+An asset whose target differs from its current (drifted) weight at close ``d`` by at most the
+no-trade band b keeps its weight (:func:`apply_no_trade_band`); the book then moves the
+fraction ``rebalance_rate`` (κ) of the way from its current weights to that banded target
+(partial rebalancing: an exponential smoothing of the targets, half-life ln 2 / -ln(1 - κ)
+weeks). Under trading costs, small and short-lived adjustments cost more than they are
+worth, and a policy whose output jitters from week to week would otherwise pay for the
+jitter. b = 0 and κ = 1 trade to the target exactly.
 
 Reward per step (coefficients in configs/backtest.yaml ``reward:``), with ``r_d`` the week's
 daily net returns (the cost is inside the trade day's return), ``n`` their number, ``TO`` the
@@ -162,7 +164,9 @@ class AllocationEnv(gymnasium.Env):
     :param action_scale: multiplier of the action before the simplex projection (>= 0.5 so
         that a weight of 1 is reachable).
     :param no_trade_band: per-asset weight change at or below which a target is not traded
-        (:func:`apply_no_trade_band`); 0 trades to every target exactly.
+        (:func:`apply_no_trade_band`); 0 trades every change.
+    :param rebalance_rate: fraction of the way from the current weights to the (banded) target
+        the book moves at a rebalance, in (0, 1]; 1 trades to it in full.
     """
 
     metadata = {"render_modes": []}
@@ -179,6 +183,7 @@ class AllocationEnv(gymnasium.Env):
         reward: RewardConfig | None = None,
         action_scale: float = 1.0,
         no_trade_band: float = 0.0,
+        rebalance_rate: float = 1.0,
     ) -> None:
         super().__init__()
         open_ = np.asarray(open_, dtype="float64")
@@ -196,6 +201,8 @@ class AllocationEnv(gymnasium.Env):
             raise ValueError("action_scale must be >= 0.5 for a weight of 1 to be reachable")
         if not 0.0 <= no_trade_band < 1.0:
             raise ValueError(f"no_trade_band must be in [0, 1), got {no_trade_band}")
+        if not 0.0 < rebalance_rate <= 1.0:
+            raise ValueError(f"rebalance_rate must be in (0, 1], got {rebalance_rate}")
         if episode_weeks is not None and episode_weeks < 1:
             raise ValueError("episode_weeks must be >= 1 or None")
         # Holding an asset through a missing price has no defined value: refuse such data once
@@ -214,6 +221,7 @@ class AllocationEnv(gymnasium.Env):
         self.random_start = random_start
         self.action_scale = float(action_scale)
         self.no_trade_band = float(no_trade_band)
+        self.rebalance_rate = float(rebalance_rate)
         self.decision_days = days
         # Step k trades at the open of days[k] + 1 and ends at the close of ends[k].
         self.ends = np.append(days[1:], t_days - 1)
@@ -353,11 +361,19 @@ class AllocationEnv(gymnasium.Env):
         return w
 
     def trade_weights(self, target: np.ndarray) -> np.ndarray:
-        """What is traded for `target` (N + 1,) at the current decision: the no-trade band
-        against the weights held at its close (which every input of the decision knows)."""
-        if self.no_trade_band <= 0.0:
+        """What is traded for `target` (N + 1,) at the current decision: the no-trade band,
+        then the rebalance rate, against the weights held at its close (which every input of
+        the decision knows); see the module docstring."""
+        if self.no_trade_band <= 0.0 and self.rebalance_rate >= 1.0:
             return target
-        return apply_no_trade_band(target, self.current_weights(), self.no_trade_band)
+        current = self.current_weights()
+        banded = apply_no_trade_band(target, current, self.no_trade_band)
+        if self.rebalance_rate >= 1.0:
+            return banded
+        out = banded - current
+        out *= self.rebalance_rate
+        out += current
+        return out
 
     def pending_weights(self, action: np.ndarray) -> np.ndarray:
         """The weights (N + 1,) `action` trades to at the current decision (band applied)."""

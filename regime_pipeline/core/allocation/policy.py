@@ -114,12 +114,13 @@ def make_env(
     reward: RewardConfig | None = None,
     action_scale: float = 1.0,
     no_trade_band: float = 0.0,
+    rebalance_rate: float = 1.0,
 ) -> AllocationEnv:
     """The environment over ``start..end`` (inclusive): the first decision is at the close of
     the day before `start`, the last step ends at the close of `end`. Nothing after `end` is
     given to it. Defaults give one deterministic episode over the whole window (evaluation)."""
     return _env(data, _window(data, start, end), episode_weeks=episode_weeks, random_start=random_start,
-                reward=reward, action_scale=action_scale, no_trade_band=no_trade_band)
+                reward=reward, action_scale=action_scale, no_trade_band=no_trade_band, rebalance_rate=rebalance_rate)
 
 
 def _env(data: AllocationData, window: tuple[int, int, np.ndarray], **kwargs: Any) -> AllocationEnv:
@@ -143,6 +144,7 @@ class AllocationPolicy:
     :ivar activation: hidden-layer activation, ``tanh`` or ``relu``.
     :ivar action_scale: the environment's action multiplier it was trained with.
     :ivar no_trade_band: the environment's no-trade band it was trained with (a weight).
+    :ivar rebalance_rate: the environment's rebalance rate it was trained with.
     """
 
     layers: tuple[tuple[np.ndarray, np.ndarray], ...]
@@ -153,6 +155,11 @@ class AllocationPolicy:
     activation: str = "tanh"
     action_scale: float = 1.0
     no_trade_band: float = 0.0
+    rebalance_rate: float = 1.0
+
+    def execution(self) -> dict[str, float]:
+        """The environment settings the policy acts through (trained, backtested, traded with)."""
+        return {"action_scale": self.action_scale, "no_trade_band": self.no_trade_band, "rebalance_rate": self.rebalance_rate}
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         z = (np.asarray(obs, dtype="float64") - self.obs_mean) / np.sqrt(self.obs_var + self.epsilon)
@@ -183,6 +190,7 @@ class AllocationPolicy:
             "activation": self.activation,
             "action_scale": self.action_scale,
             "no_trade_band": self.no_trade_band,
+            "rebalance_rate": self.rebalance_rate,
         }
 
     @classmethod
@@ -200,6 +208,7 @@ class AllocationPolicy:
             activation=str(raw["activation"]),
             action_scale=float(raw["action_scale"]),
             no_trade_band=float(raw.get("no_trade_band", 0.0)),
+            rebalance_rate=float(raw.get("rebalance_rate", 1.0)),
         )
 
 
@@ -223,24 +232,19 @@ class EnsemblePolicy:
             raise ValueError("an ensemble needs at least one member")
         first = self.members[0]
         for i, m in enumerate(self.members[1:], start=1):
-            same = (m.activation == first.activation and m.action_scale == first.action_scale
-                    and m.no_trade_band == first.no_trade_band and m.clip_obs == first.clip_obs
+            same = (m.activation == first.activation and m.execution() == first.execution()
+                    and m.clip_obs == first.clip_obs
                     and [w.shape for w, _ in m.layers] == [w.shape for w, _ in first.layers])
             if not same:
-                raise ValueError(f"ensemble member {i} differs from member 0 in architecture, action scale, band or clipping")
+                raise ValueError(f"ensemble member {i} differs from member 0 in architecture, execution settings or clipping")
         # Stacked parameters: (S, out, in) weights, (S, out) biases, (S, D) statistics.
         object.__setattr__(self, "_weights", [np.stack([m.layers[j][0] for m in self.members]) for j in range(len(first.layers))])
         object.__setattr__(self, "_biases", [np.stack([m.layers[j][1] for m in self.members]) for j in range(len(first.layers))])
         object.__setattr__(self, "_mean", np.stack([m.obs_mean for m in self.members]))
         object.__setattr__(self, "_scale", np.sqrt(np.stack([m.obs_var + m.epsilon for m in self.members])))
 
-    @property
-    def action_scale(self) -> float:
-        return self.members[0].action_scale
-
-    @property
-    def no_trade_band(self) -> float:
-        return self.members[0].no_trade_band
+    def execution(self) -> dict[str, float]:
+        return self.members[0].execution()
 
     def actions(self, obs: np.ndarray) -> np.ndarray:
         """(D,) observation -> (S, N + 1) the members' actions (each as :meth:`AllocationPolicy.action`)."""
@@ -289,8 +293,7 @@ def policy_targets(policy: Policy, env: AllocationEnv, limits: RiskLimits | None
 def mean_reward(policy: Policy, data: AllocationData, start: dt.date, end: dt.date) -> float:
     """The policy's mean weekly reward (the environment's, configs/backtest.yaml) over one
     deterministic run of ``start..end`` from cash."""
-    env = _env(data, _window(data, start, end), episode_weeks=None, action_scale=policy.action_scale,
-               no_trade_band=policy.no_trade_band)
+    env = _env(data, _window(data, start, end), episode_weeks=None, **policy.execution())
     obs, _ = env.reset(options={"start": 0})
     total, steps, done = 0.0, 0, False
     while not done:
@@ -309,7 +312,7 @@ def backtest_policy(
     open, the drawdown stop on the weekly marks before trading), and the policy observes the
     limited portfolio it actually holds."""
     first, last, days = window = _window(data, start, end)
-    env = _env(data, window, episode_weeks=None, action_scale=policy.action_scale, no_trade_band=policy.no_trade_band)
+    env = _env(data, window, episode_weeks=None, **policy.execution())
     targets = policy_targets(policy, env, limits)
     rows = slice(first, last + 1)
     return simulate(
@@ -383,7 +386,7 @@ def decide_week(
     # Sunday's close and nothing is stepped past it.
     padded = known.padded(1)
     window = _window(padded, first_week, week)
-    env = _env(padded, window, episode_weeks=None, action_scale=policy.action_scale, no_trade_band=policy.no_trade_band)
+    env = _env(padded, window, episode_weeks=None, **policy.execution())
     _, obs = _run(policy, env, limits, env.decision_days.size - 1)
     target = policy.target(obs, env)
     return WeekDecision(week, sunday, target, obs)

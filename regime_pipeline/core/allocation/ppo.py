@@ -5,7 +5,8 @@ One seed (:func:`train_policy`):
 
 * ``n_envs`` copies of the training environment (random one-year episodes) in a
   ``DummyVecEnv`` under ``VecNormalize`` (observations standardised with running statistics,
-  rewards scaled during training only); the environment carries the policy's no-trade band;
+  rewards scaled during training only); the environment carries the policy's no-trade band
+  and rebalance rate;
 * every ``eval_every`` environment steps, :class:`ValidationCallback` freezes the current actor
   and its observation statistics into an ``AllocationPolicy`` and scores it with a caller's
   function (the whole selection window, deterministic actions);
@@ -81,6 +82,7 @@ class PPOSettings:
     log_std_init: float
     action_scale: float
     no_trade_band: float
+    rebalance_rate: float
     clip_obs: float
     norm_reward: bool
     threads: int
@@ -118,7 +120,9 @@ def settings(profile: str = "default") -> PPOSettings:
     return config
 
 
-def actor(model: PPO, normalizer: VecNormalize, action_scale: float, no_trade_band: float = 0.0) -> AllocationPolicy:
+def actor(
+    model: PPO, normalizer: VecNormalize, action_scale: float, no_trade_band: float = 0.0, rebalance_rate: float = 1.0,
+) -> AllocationPolicy:
     """Freeze `model`'s deterministic actor and `normalizer`'s observation statistics.
 
     Reads SB3's ``MlpPolicy`` layout: ``mlp_extractor.policy_net`` (Linear/activation pairs)
@@ -143,6 +147,7 @@ def actor(model: PPO, normalizer: VecNormalize, action_scale: float, no_trade_ba
         activation=activation,
         action_scale=action_scale,
         no_trade_band=no_trade_band,
+        rebalance_rate=rebalance_rate,
     )
 
 
@@ -262,7 +267,8 @@ def train_policy(
         },
     )
     callback = ValidationCallback(
-        scorer, lambda: actor(model, normalizer, config.action_scale, config.no_trade_band), config.eval_every,
+        scorer, lambda: actor(model, normalizer, config.action_scale, config.no_trade_band, config.rebalance_rate),
+        config.eval_every,
         config.patience, config.min_improvement, log, min_steps=config.min_steps, smoothing=config.smoothing,
     )
     began = time.perf_counter()
@@ -321,7 +327,8 @@ class TrainingJob:
     def make_env(self) -> AllocationEnv:
         c = self.config
         return allocation.make_env(self.train_data, *self.train, episode_weeks=c.episode_weeks, random_start=True,
-                                   action_scale=c.action_scale, no_trade_band=c.no_trade_band)
+                                   action_scale=c.action_scale, no_trade_band=c.no_trade_band,
+                                   rebalance_rate=c.rebalance_rate)
 
     def score(self, policy: AllocationPolicy) -> float:
         return validation_score(policy, self.val_data, *self.val, self.config.val_score)
