@@ -122,30 +122,33 @@ def project_simplex_rows(z: np.ndarray) -> np.ndarray:
     return np.maximum(z - tau[:, None], 0.0)
 
 
-def apply_no_trade_band(target: np.ndarray, current: np.ndarray, band: float) -> np.ndarray:
+def apply_no_trade_band(target: np.ndarray, current: np.ndarray, band: float, rate: float = 1.0) -> np.ndarray:
     """Weights (N + 1,) to trade to: `target`'s weight for each asset whose weight it moves by
     more than `band` from `current` (both (N + 1,), cash last), `current`'s for the others, and
     cash the rest. When the kept and moved assets together exceed 1 (the cash the target frees is
-    kept in an asset within the band), the buys are scaled down so cash is 0. ``band = 0``
-    returns `target` itself."""
-    if band <= 0.0:
+    kept in an asset within the band), the buys are scaled down so cash is 0. Then the book moves
+    the fraction `rate` of the way from `current` to that banded target. ``band = 0`` and
+    ``rate = 1`` return `target` itself."""
+    if band <= 0.0 and rate >= 1.0:
         return target
     n = target.shape[0] - 1
-    move = np.abs(target[:n] - current[:n]) > band
-    out = np.empty_like(target)
-    out[:n] = np.where(move, target[:n], current[:n])
-    invested = float(np.add.reduce(out[:n]))
-    if invested > 1.0:
+    move = target[:n] - current[:n]
+    move[np.abs(move) <= band] = 0.0
+    excess = float(np.add.reduce(current[:n])) + float(np.add.reduce(move)) - 1.0
+    if excess > 0.0:
         # The excess is at most the buys (the kept weights sum to at most 1), up to float dust,
-        # which a fully invested book with no buy can carry: then it is rescaled away.
-        buys = np.maximum(out[:n] - current[:n], 0.0)
+        # which a fully invested book with no buy can carry: then the weights are rescaled.
+        buys = np.maximum(move, 0.0)
         bought = float(np.add.reduce(buys))
         if bought > 0.0:
-            out[:n] -= buys * min(1.0, (invested - 1.0) / bought)
+            move -= buys * min(1.0, excess / bought)
         else:
-            out[:n] /= invested
-        invested = float(np.add.reduce(out[:n]))
-    out[n] = max(0.0, 1.0 - invested)
+            move -= current[:n] * (excess / (1.0 + excess))
+    if rate < 1.0:
+        move *= rate
+    out = np.empty_like(target)
+    np.add(current[:n], move, out=out[:n])
+    out[n] = max(0.0, 1.0 - float(np.add.reduce(out[:n])))
     return out
 
 
@@ -366,14 +369,7 @@ class AllocationEnv(gymnasium.Env):
         the decision knows); see the module docstring."""
         if self.no_trade_band <= 0.0 and self.rebalance_rate >= 1.0:
             return target
-        current = self.current_weights()
-        banded = apply_no_trade_band(target, current, self.no_trade_band)
-        if self.rebalance_rate >= 1.0:
-            return banded
-        out = banded - current
-        out *= self.rebalance_rate
-        out += current
-        return out
+        return apply_no_trade_band(target, self.current_weights(), self.no_trade_band, self.rebalance_rate)
 
     def pending_weights(self, action: np.ndarray) -> np.ndarray:
         """The weights (N + 1,) `action` trades to at the current decision (band applied)."""
