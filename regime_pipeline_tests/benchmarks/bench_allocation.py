@@ -6,7 +6,7 @@ On the embedded daily bars with synthetic regime probabilities of the real shape
 trend classes per asset, 3 cross classes: 107 columns; speed does not depend on their values).
 
 * env: 20,000 steps of 52-week episodes from random starts over 2018..2025 with pre-drawn
-  random actions and the default profile's no-trade band (best of 3). Baseline in the same
+  random actions and the default profile's no-trade band and rebalance rate (best of 3). Baseline in the same
   process: `portfolio.simulate` on the same number of rebalances (the accounting the env
   reproduces step by step).
 * PPO: `learn()` for 16,384 steps with the default profile's settings, no evaluation. Baseline:
@@ -53,8 +53,8 @@ def main(argv: list[str]) -> int:
     rows = [("observation", f"{allocation.make_env(data, START, END).observation_space.shape[0]} values")]
 
     # Environment alone.
-    env = allocation.make_env(data, START, END, episode_weeks=config.episode_weeks, random_start=True,
-                              no_trade_band=config.no_trade_band)
+    execution = {"no_trade_band": config.no_trade_band, "rebalance_rate": config.rebalance_rate}
+    env = allocation.make_env(data, START, END, episode_weeks=config.episode_weeks, random_start=True, **execution)
     actions = np.random.default_rng(0).uniform(-1, 1, size=(ENV_STEPS, env.action_space.shape[0])).astype(np.float32)
     env_s, env_cpu = (min(x) for x in zip(*(_env_loop(env, actions) for _ in range(3))))
     full = allocation.make_env(data, START, END)
@@ -75,7 +75,8 @@ def main(argv: list[str]) -> int:
     train = splits()["train"]
 
     def make_env():
-        return allocation.make_env(data, train.start, train.end, episode_weeks=config.episode_weeks, random_start=True)
+        return allocation.make_env(data, train.start, train.end, episode_weeks=config.episode_weeks, random_start=True,
+                                   **execution)
 
     venv = VecNormalize(DummyVecEnv([make_env] * config.n_envs), clip_obs=config.clip_obs, gamma=config.gamma)
     venv.seed(0)
@@ -96,7 +97,7 @@ def main(argv: list[str]) -> int:
                  f"{vec_rate / ppo_rate:.1f}x)  goal >= {GOAL_PPO:,.0f}: {'PASS' if ppo_rate >= GOAL_PPO else 'FAIL'}"))
 
     # One backtest of every strategy over the full history: the ensemble, the benchmarks, the rules.
-    actor = ppo.actor(model, venv, config.action_scale, config.no_trade_band)
+    actor = ppo.actor(model, venv, config.action_scale, config.no_trade_band, config.rebalance_rate)
     ensemble = allocation.EnsemblePolicy(tuple(_perturbed(actor, seed) for seed in config.seeds))
     strategies = benchmark_strategies(data.prices.symbols)
     strategies.update(rules.rule_strategies(data, rules.calibrate(data, train.start, train.end)))
