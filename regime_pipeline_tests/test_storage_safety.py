@@ -8,17 +8,28 @@ stored before when the input is refused. Concurrency and crashes use real separa
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from regime_pipeline.assets.bars import daily_bars, minute_bars
+from regime_pipeline.configs import universe
 from regime_pipeline.core.data.lake import MinuteLake
 from regime_pipeline.core.data.sources.embedded import EmbeddedSource
-from regime_pipeline_tests.conftest import EMBEDDED
+from regime_pipeline.core.errors import DataError
+from regime_pipeline.definitions import all_assets
+from regime_pipeline.resources import build_resources
+from regime_pipeline.resources.market_data import MarketData
+from regime_pipeline.resources.warehouse import read_table
+from regime_pipeline_tests.conftest import EMBEDDED, check_results, embedded_daily_bars, materialize_range, write_table
+from regime_pipeline_tests.test_source_binance_files import bulk_lines, day_minutes, write_csv, write_freqtrade_json
 
 WORKERS = [sys.executable, "-m", "regime_pipeline_tests.workers"]
+BARS = [minute_bars, daily_bars]
 
 
 def lake_bytes(root: Path) -> dict[str, bytes]:
@@ -77,3 +88,147 @@ def test_two_processes_writing_days_of_one_month_keep_every_day(tmp_path):
     # Nothing but the month file and its lock is left in the month's folder.
     month = lake_root / "symbol=BTCUSDT" / "month=2021-10"
     assert sorted(p.name for p in month.iterdir()) == [".lock", "data.parquet"]
+
+
+# --------------------------------------------------------------------------- stored state
+
+def warehouse_bytes(data_dir: Path) -> bytes:
+    return (data_dir / "warehouse.duckdb").read_bytes()
+
+
+def stored_bars(data_dir: Path) -> pd.DataFrame:
+    frame = read_table(str(data_dir / "warehouse.duckdb"), "daily_bars")
+    return frame.sort_values(["date", "symbol"]).reset_index(drop=True)
+
+
+def snapshot(data_dir: Path) -> tuple[dict[str, bytes], bytes]:
+    """The lake's month files and the warehouse file, byte for byte."""
+    return lake_bytes(data_dir / "lake" / "minute_bars"), warehouse_bytes(data_dir)
+
+
+def embedded(data_dir: Path) -> dict:
+    return build_resources(str(data_dir), MarketData(source="embedded"))
+
+
+def files(data_dir: Path, folder: Path) -> dict:
+    return build_resources(str(data_dir), MarketData(source="binance_files", files_dir=str(folder)))
+
+
+def klines_of(symbol: str, first: dt.date, last: dt.date) -> pd.DataFrame:
+    """Real daily klines with an ``open_time`` column, as the file writers take them."""
+    frame = embedded_daily_bars()
+    frame = frame[(frame.symbol == symbol) & (frame.date >= first) & (frame.date <= last)].reset_index(drop=True)
+    return frame.assign(open_time=pd.to_datetime(frame["date"]).astype("datetime64[ms]"))
+
+
+# --------------------------------------------------------------------------- 1. a file cut at a line break
+
+CUT_DAY = dt.date(2021, 10, 2)
+OCT, LAST_OCT = dt.date(2021, 10, 1), dt.date(2021, 10, 31)
+
+
+@pytest.mark.parametrize("with_klines", [False, True], ids=["minutes_only", "with_daily_klines"])
+def test_a_minute_file_cut_at_a_line_break_is_refused_and_nothing_stored_changes(tmp_path, instance, with_klines):
+    data_dir = tmp_path / "data"
+    assert materialize_range(BARS, "2021-09-28", "2021-10-02", embedded(data_dir), instance).success
+    before = snapshot(data_dir)
+    folder = tmp_path / "drop"
+    # BTC 2021-10-02 from its first 700 of 1,440 minutes: every line is a valid row.
+    cut = write_csv(folder / "BTCUSDT-1m-2021-10-02.csv", bulk_lines(day_minutes(CUT_DAY))[:700])
+    if with_klines:
+        for symbol in universe().symbols:
+            write_csv(folder / f"{symbol}-1d-2021-10.csv", bulk_lines(klines_of(symbol, OCT, LAST_OCT), interval="1d"))
+
+    refetch = {"ops": {"minute_bars": {"config": {"refetch": True}}}}
+    with pytest.raises(DataError) as info:
+        materialize_range(BARS, "2021-10-02", "2021-10-02", files(data_dir, folder), instance, run_config=refetch)
+
+    message = str(info.value)
+    assert str(cut) in message and "BTCUSDT 2021-10-02 not stored" in message
+    assert ("daily kline says" in message) if with_klines else ("740 of 1440 minutes missing" in message)
+    assert snapshot(data_dir) == before
+
+
+# --------------------------------------------------------------------------- 2. a freqtrade candle still open
+
+def write_freqtrade_days(folder: Path, last: dt.date, written: str, partial_btc: bool) -> None:
+    """freqtrade 1d files of every symbol, 2021-09-01..`last`, stamped as written at `written` (UTC)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = pd.Timestamp(written).timestamp()
+    for symbol in universe().symbols:
+        candles = klines_of(symbol, dt.date(2021, 9, 1), last)
+        if partial_btc and symbol == "BTCUSDT":
+            # BTC's 2021-10-03 as it stood at noon: high 48,100 (the day closed with a 49,228 high).
+            candles.loc[candles.index[-1], ["high", "close", "volume"]] = [48_100.0, 47_900.0, 15_000.0]
+        path = write_freqtrade_json(folder / f"{symbol.removesuffix('USDT')}_USDT-1d.json", candles)
+        os.utime(path, (stamp, stamp))
+
+
+def test_a_freqtrade_candle_still_open_when_the_file_was_written_is_not_stored(tmp_path, instance):
+    data_dir = tmp_path / "data"
+    assert materialize_range([daily_bars], "2021-09-28", "2021-10-02", embedded(data_dir), instance).success
+    before = snapshot(data_dir)
+    folder = tmp_path / "freqtrade"
+    write_freqtrade_days(folder, dt.date(2021, 10, 3), "2021-10-03 12:00", partial_btc=True)
+
+    result = materialize_range([daily_bars], "2021-10-01", "2021-10-03", files(data_dir, folder), instance,
+                               raise_on_error=False)
+
+    # 2021-10-03 was still open in every file: no bar for it, the coverage check fails before storing.
+    assert not result.success and check_results(result)["coverage"] is False
+    coverage = next(e for e in result.get_asset_check_evaluations() if e.check_name == "coverage")
+    assert coverage.metadata["missing_days"].value == 13
+    assert snapshot(data_dir) == before
+
+    # Written after the day closed, the same files hold the final candles: stored exactly as Binance's.
+    write_freqtrade_days(folder, dt.date(2021, 10, 3), "2021-10-04 00:00:05", partial_btc=False)
+    assert materialize_range([daily_bars], "2021-10-01", "2021-10-03", files(data_dir, folder), instance).success
+    clean = tmp_path / "clean"
+    assert materialize_range([daily_bars], "2021-09-28", "2021-10-03", embedded(clean), instance).success
+    pd.testing.assert_frame_equal(stored_bars(data_dir), stored_bars(clean), check_exact=True)
+
+
+# --------------------------------------------------------------------------- 3. checks before the write
+
+def test_a_failing_blocking_check_leaves_the_stored_bars_exactly_as_they_were(tmp_path, instance):
+    data_dir = tmp_path / "data"
+    assert materialize_range(BARS, "2021-09-28", "2021-10-07", embedded(data_dir), instance).success
+    before = snapshot(data_dir)
+    rows = stored_bars(data_dir)
+    assert len(rows) == 10 * 13
+    # Rebuilding stored days from files for BTC only: 12 symbols have no bar, the coverage check fails.
+    folder = tmp_path / "btc_only"
+    for month, (first, last) in {"09": (dt.date(2021, 9, 1), dt.date(2021, 9, 30)), "10": (OCT, LAST_OCT)}.items():
+        write_csv(folder / f"BTCUSDT-1d-2021-{month}.csv", bulk_lines(klines_of("BTCUSDT", first, last), interval="1d"))
+
+    result = materialize_range([daily_bars], "2021-09-28", "2021-10-07", files(data_dir, folder), instance,
+                               raise_on_error=False)
+
+    assert not result.success and check_results(result)["coverage"] is False
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "Nothing was stored" in failure.event_specific_data.error.message
+    assert snapshot(data_dir) == before
+    pd.testing.assert_frame_equal(stored_bars(data_dir), rows)
+
+
+def test_features_refuse_to_run_on_missing_bars_and_keep_their_rows(tmp_path, instance):
+    data_dir = tmp_path / "data"
+    database = str(data_dir / "warehouse.duckdb")
+    bars = embedded_daily_bars()
+    write_table(database, "daily_bars", bars)
+    resources = embedded(data_dir)
+    assert materialize_range(all_assets, "2024-03-01", "2024-03-07", resources, instance, selection=["trend_features"]).success
+    stored = read_table(database, "trend_features")
+    assert len(stored) == 7 * 13
+    # The bars of the range go missing (a wiped table, a run pointed at the wrong warehouse...).
+    write_table(database, "daily_bars", bars[bars.date < dt.date(2024, 3, 1)].reset_index(drop=True))
+    before = warehouse_bytes(data_dir)
+
+    result = materialize_range(all_assets, "2024-03-01", "2024-03-07", resources, instance, selection=["trend_features"],
+                               raise_on_error=False)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "daily_bars has no bar for 91 asset-days" in failure.event_specific_data.error.message
+    assert warehouse_bytes(data_dir) == before
+    pd.testing.assert_frame_equal(read_table(database, "trend_features"), stored)

@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from regime_pipeline.checks.bars import DAILY_BAR_CHECK_SPECS, daily_bar_checks
+from regime_pipeline.checks.gate import checked_output
 from regime_pipeline.configs import data_settings, known_gaps, universe
 from regime_pipeline.core.data.bars import combine_daily
 from regime_pipeline.core.data.ingest import ingest_minutes
@@ -89,7 +90,8 @@ def daily_bars(context: dg.AssetExecutionContext, market_data: MarketData, stora
 
     Aggregated in DuckDB from the lake's 1-minute bars where a complete minute day exists,
     else the source's own daily kline; `source` says which and `n_minutes` how many minutes
-    a bar was built from. Assets are absent before their listing day, never filled.
+    a bar was built from. Assets are absent before their listing day, never filled. The checks
+    run on the bars before they are stored: a failing one fails the step and keeps the stored rows.
     """
     start, end = window_days(context)
     source = market_data.open(log=context.log)
@@ -111,5 +113,6 @@ def daily_bars(context: dg.AssetExecutionContext, market_data: MarketData, stora
     }
     if not bars.empty:
         metadata.update(plot_metadata(plot_daily_bars(bars, f"daily bars {start} .. {last}"), storage, "daily_bars", start, end))
-    yield dg.Output(bars, metadata=metadata)
-    yield from daily_bar_checks(bars, minute_daily, klines, start, end)
+    # Checked before the IO manager sees the frame: a failing blocking check leaves the stored slice as it was.
+    results = daily_bar_checks(bars, minute_daily, klines, start, end)
+    yield from checked_output(dg.Output(bars, metadata=metadata), results, DAILY_BAR_CHECK_SPECS)
