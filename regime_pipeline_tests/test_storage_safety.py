@@ -90,6 +90,24 @@ def test_two_processes_writing_days_of_one_month_keep_every_day(tmp_path):
     assert sorted(p.name for p in month.iterdir()) == [".lock", "data.parquet"]
 
 
+def test_two_minute_bars_runs_on_different_days_of_a_month_store_both(tmp_path, instance):
+    # The 00:15 daily schedule and a user's backfill, as two processes writing October at once.
+    data_dir = tmp_path / "data"
+    procs = start_together(
+        [["materialize", str(data_dir), first, last, "--select", "minute_bars"]
+         for first, last in (("2021-10-01", "2021-10-08"), ("2021-10-09", "2021-10-16"))],
+        tmp_path / "go",
+    )
+    assert all("succeeded" in out for out in finish(procs))
+
+    clean = tmp_path / "clean"
+    for first, last in (("2021-10-01", "2021-10-08"), ("2021-10-09", "2021-10-16")):
+        assert materialize_range([minute_bars], first, last, embedded(clean), instance).success
+    stored = MinuteLake(data_dir / "lake" / "minute_bars").stored_days()
+    assert len(stored) == 8 * 16  # the 8 symbols with minutes, 16 days each
+    assert lake_bytes(data_dir / "lake" / "minute_bars") == lake_bytes(clean / "lake" / "minute_bars")
+
+
 # --------------------------------------------------------------------------- stored state
 
 def warehouse_bytes(data_dir: Path) -> bytes:
