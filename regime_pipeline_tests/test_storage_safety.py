@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 import pytest
+import yaml
+from dagster._core.storage.dagster_run import DagsterRunStatus, make_new_run_id
 
 from regime_pipeline.assets.bars import daily_bars, minute_bars
-from regime_pipeline.configs import universe
+from regime_pipeline.configs import PROJECT_ROOT, run_settings, universe
 from regime_pipeline.core.data.lake import MinuteLake
 from regime_pipeline.core.data.sources.embedded import EmbeddedSource
 from regime_pipeline.core.errors import DataError
 from regime_pipeline.definitions import all_assets
+from regime_pipeline.recovery import slots_held
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.market_data import MarketData
 from regime_pipeline.resources.warehouse import read_table
@@ -250,3 +256,155 @@ def test_features_refuse_to_run_on_missing_bars_and_keep_their_rows(tmp_path, in
     assert "daily_bars has no bar for 91 asset-days" in failure.event_specific_data.error.message
     assert warehouse_bytes(data_dir) == before
     pd.testing.assert_frame_equal(read_table(database, "trend_features"), stored)
+
+
+# --------------------------------------------------------------------------- 5. crashes and signals
+
+CLI = [sys.executable, "-m", "regime_pipeline"]
+FIRST, LAST = "2021-09-27", "2021-10-03"  # a week with 1-minute bars
+
+
+def dagster_home(tmp_path: Path) -> Path:
+    """A Dagster home whose dagster.yaml is the project's, with its storage moved under `tmp_path`."""
+    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    home = tmp_path / "home"
+    home.mkdir()
+    config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
+    config["local_artifact_storage"]["config"]["base_dir"] = str(home)
+    config["compute_logs"]["config"]["base_dir"] = str(home / "logs")
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
+def open_instance(home: Path) -> dg.DagsterInstance:
+    from dagster._core.instance.ref import InstanceRef
+
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+
+
+def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def claimed(instance: dg.DagsterInstance) -> dict[str, int]:
+    """Runs holding a claimed pool slot."""
+    return {run_id: n for run_id, n in slots_held(instance).items() if n}
+
+
+def fake_holder(instance: dg.DagsterInstance, pid: int) -> str:
+    """A run in progress, executed by process `pid`, holding the `warehouse` pool slot."""
+    from dagster._core.events import EngineEventData
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    run = DagsterRun(job_name="holder", run_id=make_new_run_id(), status=DagsterRunStatus.STARTED)
+    instance.add_run(run)
+    instance.report_engine_event(f"Executing steps in process (pid: {pid})", run, EngineEventData.in_process(pid))
+    storage = instance.event_log_storage
+    if "warehouse" not in storage.get_concurrency_keys():
+        storage.initialize_concurrency_limit_to_default("warehouse")
+    assert storage.claim_concurrency_slot("warehouse", run.run_id, "daily_bars", 0).is_claimed
+    return run.run_id
+
+
+def test_a_run_killed_holding_the_warehouse_slot_is_freed_and_the_rerun_stores_a_clean_runs_rows(tmp_path):
+    home, data_dir = dagster_home(tmp_path), tmp_path / "data"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "REGIME_DATA_DIR": str(data_dir)}
+    instance = open_instance(home)
+    victim = subprocess.Popen(
+        [*WORKERS, "materialize", str(data_dir), FIRST, LAST, "--select", "daily_bars", "--home", str(home)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert victim.stdout.readline().strip() == "ready"
+    holder = wait_until(lambda: claimed(instance), 120, "the run to claim the warehouse slot", poll_s=0.01)
+    os.kill(victim.pid, signal.SIGKILL)  # a real kill -9 while daily_bars holds the slot
+    victim.wait(timeout=30)
+    (run_id,) = holder
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTED and claimed(instance) == holder
+
+    began = time.monotonic()
+    rerun = subprocess.run([*CLI, "run", "--start", FIRST, "--end", LAST, "--until", "bars"],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"run {run_id} (__ephemeral_asset_job__): its process {victim.pid} died before the run finished; " \
+           "marked it failed and freed 1 pool slot(s)" in rerun.stderr
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE and claimed(instance) == {}
+    print(f"rerun after the crash: {time.monotonic() - began:.1f}s")
+
+    with dg.instance_for_test() as clean_instance:
+        assert materialize_range(BARS, FIRST, LAST, embedded(tmp_path / "clean"), clean_instance).success
+    pd.testing.assert_frame_equal(stored_bars(data_dir), stored_bars(tmp_path / "clean"), check_exact=True)
+    assert lake_bytes(data_dir / "lake" / "minute_bars") == lake_bytes(tmp_path / "clean" / "lake" / "minute_bars")
+
+
+def test_the_sensor_and_recover_free_a_dead_runs_slot(tmp_path):
+    home = dagster_home(tmp_path)
+    instance = open_instance(home)
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        instance.event_log_storage.set_concurrency_slots("warehouse", 2)  # room for a dead and a live holder
+        dead_run = fake_holder(instance, dead.pid)
+        dead.kill()
+        dead.wait()
+        alive_run = fake_holder(instance, alive.pid)
+        assert set(claimed(instance)) == {dead_run, alive_run}
+
+        from regime_pipeline.recovery import dead_run_sensor
+
+        with dg.build_sensor_context(instance=instance) as context:
+            result = dead_run_sensor(context)
+        assert dead_run in result.skip_message
+        assert instance.get_run_by_id(dead_run).status == DagsterRunStatus.FAILURE
+        assert set(claimed(instance)) == {alive_run}
+        assert instance.get_run_by_id(alive_run).status == DagsterRunStatus.STARTED
+
+        alive.kill()
+        alive.wait()
+        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        recover = subprocess.run([*CLI, "recover"], env=env, capture_output=True, text=True, timeout=120)
+        assert recover.returncode == 0 and "1 run(s) freed" in recover.stdout
+        assert f"run {alive_run} (holder): its process {alive.pid} died" in recover.stderr
+        assert claimed(instance) == {}
+    finally:
+        for proc in (dead, alive):
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(("sig", "times"), [(signal.SIGTERM, 1), (signal.SIGINT, 2)], ids=["SIGTERM", "Ctrl-C twice"])
+def test_regime_pipeline_run_stops_on_a_signal_while_it_waits_for_the_warehouse_slot(tmp_path, sig, times):
+    # Another run, alive, holds the slot: daily_bars waits for it, in a loop that defers signals.
+    home = dagster_home(tmp_path)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "REGIME_DATA_DIR": str(tmp_path / "data")}
+    instance = open_instance(home)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    command = subprocess.Popen([*CLI, "run", "--start", FIRST, "--end", LAST, "--until", "bars"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        holder = fake_holder(instance, alive.pid)
+        waiting = wait_until(lambda: set(slots_held(instance)) - {holder}, 300, "daily_bars to queue for the slot")
+        time.sleep(1.0)
+        sent = time.monotonic()
+        for _ in range(times):
+            command.send_signal(sig)
+            time.sleep(0.2)
+        out, err = command.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        command.kill()
+        alive.kill()
+        alive.wait()
+
+    assert command.returncode == 128 + sig, err[-3000:]
+    assert f"{sig.name} received: stopping" in err and f"stopped by {sig.name}" in err
+    grace = run_settings()["stop_grace_s"]
+    assert took < (grace + 15 if times == 1 else 15), took
+    (run_id,) = waiting
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+    assert set(slots_held(instance)) == {holder}  # its queued claim is gone; the live run keeps its slot
+    assert instance.get_run_by_id(holder).status == DagsterRunStatus.STARTED

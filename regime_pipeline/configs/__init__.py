@@ -96,6 +96,11 @@ def data_settings() -> dict[str, Any]:
     return load_yaml("data")
 
 
+@cache
+def run_settings() -> dict[str, Any]:
+    return load_yaml("runs")
+
+
 def history_start() -> dt.date:
     return data_settings()["history_start"]
 
