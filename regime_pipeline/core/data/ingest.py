@@ -53,7 +53,7 @@ def ingest_minutes(
     """Store every complete UTC day of 1-minute bars the source has for `symbols` in ``[start, end)``.
 
     A day already in the lake is kept and not fetched again unless `refetch`. The source's own
-    daily klines for the range are read first: a day whose minutes are short of 1,440 is stored
+    daily klines of the symbols with days to fetch are read first: a day whose minutes are short of 1,440 is stored
     only if they add up to its kline or miss only minutes of a known exchange gap (`gaps`), and
     wherever a kline exists the minutes must reproduce it (`price_rtol`, `volume_rtol`).
 
@@ -65,14 +65,15 @@ def ingest_minutes(
     summary = IngestSummary()
     stored = lake.stored_days(symbols)
     stored_keys = set(zip(stored["symbol"], stored["date"]))
-    klines = source.daily_klines(symbols, start, end)
-    kline_of = {(s, d): row for s, d, row in zip(klines["symbol"], klines["date"], klines.to_dict("records"))}
-    for symbol in symbols:
-        todo = [d for d in days_in(start, end) if refetch or (symbol, d) not in stored_keys]
-        summary.days_already_stored += (end - start).days - len(todo)
-        if not todo:
-            continue
-        for day, minutes in source.minute_days(symbol, todo[0], end):
+    todo = {s: [d for d in days_in(start, end) if refetch or (s, d) not in stored_keys] for s in symbols}
+    summary.days_already_stored = sum((end - start).days - len(days) for days in todo.values())
+    wanted = [s for s in symbols if todo[s]]
+    klines = source.daily_klines(wanted, start, end) if wanted else None
+    kline_of = {} if klines is None else {
+        (s, d): row for s, d, row in zip(klines["symbol"], klines["date"], klines.to_dict("records"))
+    }
+    for symbol in wanted:
+        for day, minutes in source.minute_days(symbol, todo[symbol][0], end):
             if not refetch and (symbol, day) in stored_keys:
                 continue
             problem = quality.minute_day_problem(
