@@ -25,6 +25,7 @@ from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start, 
 from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.core.features import vol_forecasts
 from regime_pipeline.partitions import SPLIT_NAMES
+from regime_pipeline.recovery import SayLog, free_dead_runs, stop_on_signals
 from regime_pipeline.resources import default_data_dir
 from regime_pipeline.resources.warehouse import read_table
 
@@ -174,16 +175,28 @@ def forecast_summary(data_dir: str) -> str:
     return "\n".join(out)
 
 
+def _say(message: str) -> None:
+    print(f"    {message}", file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     instance = _instance()
     first = dt.date.fromisoformat(args.start)
     last = dt.date.fromisoformat(args.end)
     names = [s.name for s in STAGES]
-    for stage in STAGES[names.index(args.from_stage) : names.index(args.until) + 1]:
-        run_stage(stage, first, last, instance)
+    # Ctrl-C and SIGTERM stop the command; runs whose process died are failed and their pool slots freed.
+    with stop_on_signals(instance, _say):
+        for stage in STAGES[names.index(args.from_stage) : names.index(args.until) + 1]:
+            run_stage(stage, first, last, instance)
     print()
     print(summarize(default_data_dir(), args.until))
     print("\nOpen the UI with `make ui` to see every asset, its metadata, plots and checks.")
+
+
+def cmd_recover(args: argparse.Namespace) -> None:
+    """Fail the runs whose process died and free their pool slots (after a crash, without the daemon)."""
+    freed = free_dead_runs(_instance(), SayLog(_say))
+    print(f"{len(freed)} run(s) freed" if freed else "no dead run holds a pool slot")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--from", dest="from_stage", default=stage_names[0], choices=stage_names, help="first stage to run")
     run.add_argument("--until", default=stage_names[-1], choices=stage_names, help="last stage to run")
     run.set_defaults(func=cmd_run)
+    recover = sub.add_parser("recover", help="after a crash: fail the runs whose process died, free their pool slots")
+    recover.set_defaults(func=cmd_recover)
     args = parser.parse_args(argv)
     args.func(args)
 
