@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from regime_pipeline.configs import Split, walk_forward
+from regime_pipeline.configs import Split, universe, walk_forward
 from regime_pipeline.core.features import daily as F
 from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.core.regimes.hmm import RegimeHMM
@@ -153,7 +153,7 @@ def fit_origin_garch(bars: pd.DataFrame, windows: OriginWindows) -> tuple[dict[s
     fitted assets' parameters: its ``garch_sigma`` is then the universe's typical GARCH filter
     run over its own returns, still from nothing after the fit window.
 
-    :return: ``(params for every symbol in bars, the symbols that took the median)``
+    :return: ``(params for every symbol of the universe and of `bars`, the symbols that took the median)``
     """
     start, end = windows.fit_start, windows.fit_end + DAY
     inside = bars.loc[(bars["date"] >= start - DAY) & (bars["date"] < end)]
@@ -164,7 +164,7 @@ def fit_origin_garch(bars: pd.DataFrame, windows: OriginWindows) -> tuple[dict[s
     fitted = F.fit_garch(bars.loc[bars["symbol"].isin(enough)], start, end)
     table = pd.DataFrame({s: p.to_dict() for s, p in fitted.items()}).T.astype(float)
     median = F.GarchParams.from_dict(table.median().to_dict())
-    pooled = sorted(set(bars["symbol"]) - set(fitted))
+    pooled = sorted((set(universe().symbols) | set(bars["symbol"])) - set(fitted))
     return {**fitted, **{s: median for s in pooled}}, pooled
 
 
