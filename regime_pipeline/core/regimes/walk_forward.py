@@ -29,7 +29,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -447,33 +447,49 @@ def detector_tasks(data: OriginData, profile_name: str, models_dir: Path) -> lis
     return tasks
 
 
-def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int,
-              done: Callable[[Any], None] | None = None) -> list[Any]:
-    """``[fn(task) for task in tasks]`` on `workers` processes, results in task order.
+def worker_pool(workers: int) -> ProcessPoolExecutor | None:
+    """A pool of `workers` spawned processes, or None for one worker (run in this process).
 
-    Workers are spawned, not forked: a forked process inherits torch's and OpenMP's thread
-    state and can deadlock. Each task must be picklable and `fn` a module-level function.
-    One worker (or one task) runs everything in this process.
+    Spawned, not forked: a forked process inherits torch's and OpenMP's thread state and can
+    deadlock. Starting a worker costs a few seconds (imports), so one pool serves a whole run.
     """
-    results = []
-    if workers <= 1 or len(tasks) <= 1:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+
+
+def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], pool: ProcessPoolExecutor | None,
+              done: Callable[[Any], None] | None = None) -> list[Any]:
+    """``[fn(task) for task in tasks]`` on `pool` (in this process when None), results in task
+    order; `done` is called on each result as soon as it is ready. Each task must be picklable
+    and `fn` a module-level function."""
+    if pool is None:
+        results = []
         for task in tasks:
             results.append(fn(task))
             if done:
                 done(results[-1])
         return results
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for result in pool.map(fn, tasks):
-            if done:
-                done(result)
-            results.append(result)
+    futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
+    results: list[Any] = [None] * len(tasks)
+    for future in as_completed(futures):
+        results[futures[future]] = future.result()
+        if done:
+            done(results[futures[future]])
     return results
 
 
-def train_detectors(tasks: Sequence[dict[str, Any]], workers: int,
-                    log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Train the detector tasks on `workers` processes; log one line per trained detector."""
-    return run_tasks(_train_one, tasks, workers, done=(lambda r: log(_describe(r))) if log else None)
+def train_detectors(tasks: Sequence[dict[str, Any]], workers: int, log: Callable[[str], None] | None = None,
+                    pool: ProcessPoolExecutor | None = None) -> list[dict[str, Any]]:
+    """Train the detector tasks on `pool`, or on a new pool of `workers` processes; log one line
+    per trained detector."""
+    done = (lambda r: log(_describe(r))) if log else None
+    if pool is not None:
+        return run_tasks(_train_one, tasks, pool, done)
+    own = worker_pool(min(workers, len(tasks)))
+    try:
+        return run_tasks(_train_one, tasks, own, done)
+    finally:
+        if own is not None:
+            own.shutdown()
 
 
 def _fit_labelers_task(task: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]) -> dict[str, Any]:
@@ -493,9 +509,9 @@ def fit_origins(bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features
 
     :return: ``({origin: Labelers}, [one summary per trained detector])``
     """
-    from regime_pipeline.resources.artifacts import write_atomic
-
     say = log or (lambda _: None)
+    # Latest (largest) origins first, so the workers finish together.
+    origins = sorted(origins, reverse=True)
     jobs = []
     for origin in origins:
         w = origin_windows(origin)
@@ -504,7 +520,20 @@ def fit_origins(bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features
         jobs.append((bars.loc[bars["date"] < cut], trend_features.loc[trend_features["date"] < cut],
                      cross_features.loc[cross_features["date"] < cut], w.record()))
     say(f"fitting GARCH, HMMs and jump models of origins {list(origins)} on {workers} processes")
-    fitted = run_tasks(_fit_labelers_task, jobs, workers,
+    pool = worker_pool(workers)
+    try:
+        return _fit_origins(jobs, origins, models_dir, profile_name, workers, pool, bars, trend_features,
+                            cross_features, say)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _fit_origins(jobs, origins, models_dir, profile_name, workers, pool, bars, trend_features, cross_features, say):
+    """The two stages of :func:`fit_origins` on one pool."""
+    from regime_pipeline.resources.artifacts import write_atomic
+
+    fitted = run_tasks(_fit_labelers_task, jobs, pool,
                        done=lambda r: say(f"origin {r['labelers']['windows']['origin']}: labelers fitted in "
                                           f"{r['seconds']:.1f}s (process {r['pid']})"))
     labelers = {}
@@ -521,7 +550,7 @@ def fit_origins(bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features
     # Largest fits first (latest origin, LSTMs before graphs), so the workers finish together.
     tasks.sort(key=lambda t: (-int(t["windows"]["origin"]), t["kind"] == "cross"))
     say(f"training {len(tasks)} detectors ({profile_name} profile) on {workers} processes")
-    return labelers, train_detectors(tasks, workers, log=say)
+    return labelers, train_detectors(tasks, workers, log=say, pool=pool)
 
 
 def _describe(r: Mapping[str, Any]) -> str:
