@@ -111,3 +111,23 @@ def test_shocking_every_bar_after_d_changes_nothing_up_to_d_but_the_forward_targ
         assert (before[f"{kind}_regime"] != after[f"{kind}_regime"]).any(), kind
     assert (after["vol_regime"] == "spike").all() and (after["trend_regime"] == "strong_bear").all()
     assert (after["cross_regime"] == "convergent").all()
+
+
+def test_persistence_uses_only_what_is_known_at_d():
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(10)]
+    keys = pd.DataFrame({"date": days, "symbol": "BTCUSDT"})
+    y = np.arange(10) % 4
+    filt = np.eye(4)[(np.arange(10) + 1) % 4]  # the filter's state on each day
+    inputs = ladder.KindInputs("vol", keys, np.zeros((10, 1)), filt, np.full(10, -1))
+    names = ladder.regime_names("vol")
+    # A forward target of horizon 3 is fully observed 3 days later: day i persists day i - 3.
+    forward = ladder.persisted_codes("vol", "forward", 3, keys, y, inputs, names)
+    np.testing.assert_array_equal(forward, np.r_[[-1, -1, -1], y[:-3]])
+    # A Viterbi label is never known at d: the causal filter's state of d - 1 is carried.
+    same_day = ladder.persisted_codes("vol", "same_day", 0, keys, y, inputs, names)
+    np.testing.assert_array_equal(same_day, np.r_[-1, filt.argmax(axis=1)[:-1]])
+    # The same-day cross label is a threshold on day d's own feature: known at d.
+    cross_keys = keys[["date"]]
+    cross_inputs = ladder.KindInputs("cross", cross_keys, np.zeros((10, 1)), filt[:, :3], np.full(10, -1))
+    cross = ladder.persisted_codes("cross", "same_day", 0, cross_keys, y % 3, cross_inputs, ladder.regime_names("cross"))
+    np.testing.assert_array_equal(cross, y % 3)
