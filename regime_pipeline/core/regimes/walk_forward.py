@@ -224,37 +224,59 @@ def observation_sequences(features: pd.DataFrame, kind: str) -> tuple[np.ndarray
     return regimes.sequences(obs)
 
 
-def fit_labelers(bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features: pd.DataFrame,
-                 windows: OriginWindows, log: Callable[[str], None] | None = None) -> Labelers:
-    """Fit everything an origin needs before its detectors, on its fit window only."""
-    say = log or (lambda _: None)
+LABELER_PARTS = ("vol", "trend", "cross")
+
+
+def fit_labeler_part(part: str, bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features: pd.DataFrame,
+                     windows: OriginWindows) -> dict[str, Any]:
+    """One independent part of an origin's labelers, fitted on its fit window only:
+
+    * ``vol``: GARCH parameters, then the vol HMM, the vol jump model and the vol cuts;
+    * ``trend``: the trend HMM, the trend jump model and the forward-return quartiles;
+    * ``cross``: the 3-state HMM on the day's mean correlation (the cross filter baseline).
+    """
     wf = settings()
     base = regimes.settings()
     config = {**base, "hmm": {**base["hmm"], "n_restarts": int(wf["hmm_restarts"])}}
-    garch, pooled = fit_origin_garch(bars, windows)
-    say(f"origin {windows.origin}: GARCH fitted on {windows.fit_start}..{windows.fit_end}; median parameters for {pooled or 'none'}")
-    vol = origin_vol_features(bars, garch, windows.fit_end + DAY)
-    frames = {"vol": vol, "trend": trend_features}
-    hmm, jump = {}, {}
-    for kind in LABELED_KINDS:
-        hmm[kind] = regimes.fit_hmm(frames[kind], kind, windows.fit, config)
-        X, lengths, _ = observation_sequences(regimes.in_window(frames[kind], windows.fit_start, windows.fit_end), kind)
-        jm = wf["jump_model"]
-        jump[kind] = JumpLabeler(config[kind]["names"], jump_penalty=jm["jump_penalty"], n_init=jm["n_init"],
-                                 max_iter=jm["max_iter"], random_state=jm["random_state"]).fit(X, lengths)
-        say(f"origin {windows.origin}: {kind} HMM and jump model fitted on {len(X)} asset-days")
-    X, lengths, _ = observation_sequences(regimes.in_window(cross_features, windows.fit_start, windows.fit_end), "cross")
-    h = config["hmm"]
-    hmm["cross"] = RegimeHMM(config["cross"]["names"], covariance_type=h["covariance_type"], n_restarts=h["n_restarts"],
-                             n_iter=h["n_iter"], min_occupancy=h["min_occupancy"],
-                             random_state=h["random_state"]).fit(X, lengths)
-    # Vol states are ordered by log realized vol (observation 0): cut halfway between neighbours.
-    log_means = hmm["vol"].means_[:, 0]
-    vol_cuts = np.exp((log_means[1:] + log_means[:-1]) / 2).tolist()
-    fwd = forward_values(bars, cross_features)
-    in_fit = fwd.loc[(fwd["date"] >= windows.fit_start) & (fwd["date"] <= windows.fit_end), "trend_value"].dropna()
-    trend_cuts = np.quantile(in_fit.to_numpy(), [0.25, 0.5, 0.75]).tolist()
-    return Labelers(windows, garch, pooled, hmm, jump, vol_cuts, trend_cuts)
+    h, jm = config["hmm"], wf["jump_model"]
+    if part == "cross":
+        X, lengths, _ = observation_sequences(regimes.in_window(cross_features, windows.fit_start, windows.fit_end), "cross")
+        model = RegimeHMM(config["cross"]["names"], covariance_type=h["covariance_type"], n_restarts=h["n_restarts"],
+                          n_iter=h["n_iter"], min_occupancy=h["min_occupancy"], random_state=h["random_state"])
+        return {"hmm": model.fit(X, lengths)}
+    out: dict[str, Any] = {}
+    if part == "vol":
+        out["garch"], out["garch_pooled"] = fit_origin_garch(bars, windows)
+        features = origin_vol_features(bars, out["garch"], windows.fit_end + DAY)
+    else:
+        features = trend_features
+    out["hmm"] = regimes.fit_hmm(features, part, windows.fit, config)
+    X, lengths, _ = observation_sequences(regimes.in_window(features, windows.fit_start, windows.fit_end), part)
+    out["jump"] = JumpLabeler(config[part]["names"], jump_penalty=jm["jump_penalty"], n_init=jm["n_init"],
+                              max_iter=jm["max_iter"], random_state=jm["random_state"]).fit(X, lengths)
+    if part == "vol":
+        # Vol states are ordered by log realized vol (observation 0): cut halfway between neighbours.
+        log_means = out["hmm"].means_[:, 0]
+        out["cuts"] = np.exp((log_means[1:] + log_means[:-1]) / 2).tolist()
+    else:
+        fwd = forward_values(bars, cross_features)
+        in_fit = fwd.loc[(fwd["date"] >= windows.fit_start) & (fwd["date"] <= windows.fit_end), "trend_value"].dropna()
+        out["cuts"] = np.quantile(in_fit.to_numpy(), [0.25, 0.5, 0.75]).tolist()
+    return out
+
+
+def assemble_labelers(windows: OriginWindows, parts: Mapping[str, Mapping[str, Any]]) -> Labelers:
+    """The :class:`Labelers` of an origin from its three fitted parts."""
+    vol, trend, cross = parts["vol"], parts["trend"], parts["cross"]
+    return Labelers(windows, vol["garch"], vol["garch_pooled"], {"vol": vol["hmm"], "trend": trend["hmm"], "cross": cross["hmm"]},
+                    {"vol": vol["jump"], "trend": trend["jump"]}, vol["cuts"], trend["cuts"])
+
+
+def fit_labelers(bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features: pd.DataFrame,
+                 windows: OriginWindows) -> Labelers:
+    """Fit everything an origin needs before its detectors, on its fit window only (in this process)."""
+    parts = {part: fit_labeler_part(part, bars, trend_features, cross_features, windows) for part in LABELER_PARTS}
+    return assemble_labelers(windows, parts)
 
 
 # ------------------------------------------------------------------------------ targets
@@ -492,12 +514,13 @@ def train_detectors(tasks: Sequence[dict[str, Any]], workers: int, log: Callable
             own.shutdown()
 
 
-def _fit_labelers_task(task: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]) -> dict[str, Any]:
-    bars, trend, cross, record = task
+def _fit_labeler_task(task: tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]) -> dict[str, Any]:
+    part, bars, trend, cross, record = task
     windows = OriginWindows.from_record(record)
     started = time.perf_counter()
-    labelers = fit_labelers(bars, trend, cross, windows)
-    return {"labelers": labelers.to_dict(), "seconds": time.perf_counter() - started, "pid": os.getpid()}
+    fitted = fit_labeler_part(part, bars, trend, cross, windows)
+    return {"origin": windows.origin, "part": part, "fitted": fitted, "seconds": time.perf_counter() - started,
+            "pid": os.getpid()}
 
 
 def fit_origins(bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features: pd.DataFrame,
@@ -517,8 +540,9 @@ def fit_origins(bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features
         w = origin_windows(origin)
         # Each origin's fitting reads nothing after its val window ends.
         cut = w.seen_until + DAY
-        jobs.append((bars.loc[bars["date"] < cut], trend_features.loc[trend_features["date"] < cut],
-                     cross_features.loc[cross_features["date"] < cut], w.record()))
+        inputs = (bars.loc[bars["date"] < cut], trend_features.loc[trend_features["date"] < cut],
+                  cross_features.loc[cross_features["date"] < cut], w.record())
+        jobs += [(part, *inputs) for part in LABELER_PARTS]
     say(f"fitting GARCH, HMMs and jump models of origins {list(origins)} on {workers} processes")
     pool = worker_pool(workers)
     try:
@@ -533,14 +557,15 @@ def _fit_origins(jobs, origins, models_dir, profile_name, workers, pool, bars, t
     """The two stages of :func:`fit_origins` on one pool."""
     from regime_pipeline.resources.artifacts import write_atomic
 
-    fitted = run_tasks(_fit_labelers_task, jobs, pool,
-                       done=lambda r: say(f"origin {r['labelers']['windows']['origin']}: labelers fitted in "
-                                          f"{r['seconds']:.1f}s (process {r['pid']})"))
+    fitted = run_tasks(_fit_labeler_task, jobs, pool,
+                       done=lambda r: say(f"origin {r['origin']}: {r['part']} labelers fitted in {r['seconds']:.1f}s "
+                                          f"(process {r['pid']})"))
     labelers = {}
     tasks = []
-    for origin, result in zip(origins, fitted):
-        labelers[origin] = Labelers.from_dict(result["labelers"])
-        write_atomic(labelers_path(models_dir, origin), json.dumps(result["labelers"], indent=1).encode())
+    for origin in origins:
+        parts = {r["part"]: r["fitted"] for r in fitted if r["origin"] == origin}
+        labelers[origin] = assemble_labelers(origin_windows(origin), parts)
+        write_atomic(labelers_path(models_dir, origin), json.dumps(labelers[origin].to_dict(), indent=1).encode())
         # Detector inputs are cut at the end of the val window as well.
         w = labelers[origin].windows
         cut = w.seen_until + DAY
