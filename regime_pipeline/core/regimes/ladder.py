@@ -156,10 +156,6 @@ def _conditional(given: np.ndarray, y: np.ndarray, k_given: int, k: int, smoothi
     return table / table.sum(axis=1, keepdims=True)
 
 
-def _one_hot_proba(pred: np.ndarray, table: np.ndarray) -> np.ndarray:
-    return table[pred]
-
-
 @dataclass
 class Rung:
     """A rung's predictions on the scored rows: class indices and probabilities ``(n, K)``."""
