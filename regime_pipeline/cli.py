@@ -24,7 +24,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start, splits
 from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.core.features import vol_forecasts
-from regime_pipeline.partitions import SPLIT_NAMES
+from regime_pipeline.partitions import ORIGIN_NAMES, SPLIT_NAMES
+from regime_pipeline.recovery import SayLog, free_dead_runs, stop_on_signals
 from regime_pipeline.resources import default_data_dir
 from regime_pipeline.resources.warehouse import read_table
 
@@ -33,7 +34,8 @@ from regime_pipeline.resources.warehouse import read_table
 class Stage:
     name: str
     assets: tuple[str, ...]
-    partitions: str  # "daily" (the run's date range), "split" (each split), "weekly", or "none"
+    partitions: str  # "daily" (the run's date range), "split" (each split), "weekly", "origins" (every
+    # walk-forward origin in one run), "origin" (one run per origin), or "none"
 
 
 STAGES = (
@@ -49,6 +51,9 @@ STAGES = (
     Stage("detectors", ("vol_detector", "trend_detector", "cross_detector"), "none"),
     Stage("reports", ("detector_reports",), "split"),
     Stage("probabilities", ("regime_probabilities",), "daily"),
+    Stage("walk_forward_models", ("walk_forward_models",), "origins"),
+    Stage("walk_forward", ("walk_forward_probabilities",), "origins"),
+    Stage("walk_forward_reports", ("walk_forward_reports",), "origin"),
     Stage("policy", ("ppo_policy",), "none"),
     Stage("backtest", ("allocation_backtest",), "split"),
     Stage("rebalance", ("weekly_rebalance",), "weekly"),
@@ -100,6 +105,11 @@ def run_stage(
                            ASSET_PARTITION_RANGE_END_TAG: weeks[-1].isoformat()}})]
     elif stage.partitions == "split":
         runs = [(split, {"partition_key": split}) for split in SPLIT_NAMES]
+    elif stage.partitions == "origins":
+        runs = [(f"origins {ORIGIN_NAMES[0]} .. {ORIGIN_NAMES[-1]}",
+                 {"tags": {ASSET_PARTITION_RANGE_START_TAG: ORIGIN_NAMES[0], ASSET_PARTITION_RANGE_END_TAG: ORIGIN_NAMES[-1]}})]
+    elif stage.partitions == "origin":
+        runs = [(f"origin {origin}", {"partition_key": origin}) for origin in ORIGIN_NAMES]
     else:
         runs = [("", {})]
     for label, kwargs in runs:
@@ -150,6 +160,8 @@ def summarize(data_dir: str, upto: str) -> str:
                              "balanced_accuracy": report["balanced_accuracy"], "macro_f1": report["macro_f1"]})
         out += ["\nDetectors (fitted on train, early-stopped on val):",
                 pd.DataFrame(rows).to_string(index=False, float_format="{:.4f}".format)]
+    if names.index(upto) >= names.index("walk_forward_reports"):
+        out.append(walk_forward_summary(data_dir))
     if names.index(upto) >= names.index("policy"):
         policy = json.loads((Path(data_dir) / "models" / "ppo_policy.json").read_text())
         score = policy["settings"]["val_score"]
@@ -169,6 +181,19 @@ def summarize(data_dir: str, upto: str) -> str:
     return "\n".join(out)
 
 
+def walk_forward_summary(data_dir: str) -> str:
+    """Per origin, detector and target: the detector's balanced accuracy against the best baseline's."""
+    rows = []
+    for origin in ORIGIN_NAMES:
+        report = json.loads((Path(data_dir) / "reports" / f"walk_forward_{origin}.json").read_text())
+        rows += [{"origin": origin, **r} for r in report["summary"] if r["target"] != "jump"]
+    table = pd.DataFrame(rows)[["origin", "detector", "target", "n", "detector_bal_acc", "best_baseline",
+                                "baseline_bal_acc", "lift", "lift_low", "lift_high"]]
+    return ("\nWalk-forward (origin Y: fitted before Y - 1, early-stopped on Y - 1, scored on Y; balanced accuracy,"
+            " lift over the best baseline with a 90% block-bootstrap interval):\n"
+            + table.to_string(index=False, float_format="{:.3f}".format))
+
+
 def forecast_summary(data_dir: str) -> str:
     """The vol forecasts' pooled RMSE and QLIKE per split, from the reports' JSON files."""
     rows = []
@@ -184,17 +209,31 @@ def forecast_summary(data_dir: str) -> str:
     return "\n".join(out)
 
 
+def _say(message: str) -> None:
+    print(f"    {message}", file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     instance = _instance()
+    if args.walk_forward_profile:
+        os.environ["REGIME_WALK_FORWARD_PROFILE"] = args.walk_forward_profile
     first = dt.date.fromisoformat(args.start)
     last = dt.date.fromisoformat(args.end)
     names = [s.name for s in STAGES]
     run_config = {"ppo_policy": {"config": {"profile": args.ppo_profile}}}
-    for stage in STAGES[names.index(args.from_stage) : names.index(args.until) + 1]:
-        run_stage(stage, first, last, instance, run_config)
+    # Ctrl-C and SIGTERM stop the command; runs whose process died are failed and their pool slots freed.
+    with stop_on_signals(instance, _say):
+        for stage in STAGES[names.index(args.from_stage) : names.index(args.until) + 1]:
+            run_stage(stage, first, last, instance, run_config)
     print()
     print(summarize(default_data_dir(), args.until))
     print("\nOpen the UI with `make ui` to see every asset, its metadata, plots and checks.")
+
+
+def cmd_recover(args: argparse.Namespace) -> None:
+    """Fail the runs whose process died and free their pool slots (after a crash, without the daemon)."""
+    freed = free_dead_runs(_instance(), SayLog(_say))
+    print(f"{len(freed)} run(s) freed" if freed else "no dead run holds a pool slot")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,9 +248,13 @@ def main(argv: list[str] | None = None) -> None:
     stage_names = [s.name for s in STAGES]
     run.add_argument("--from", dest="from_stage", default=stage_names[0], choices=stage_names, help="first stage to run")
     run.add_argument("--until", default=stage_names[-1], choices=stage_names, help="last stage to run")
+    run.add_argument("--walk-forward-profile", choices=["light", "full"],
+                     help="detector profile of the walk-forward (default: configs/walk_forward.yaml's, light)")
     run.add_argument("--ppo-profile", default="default", help="PPO training profile in configs/ppo.yaml "
                      "(default; full: longer training, the published figures)")
     run.set_defaults(func=cmd_run)
+    recover = sub.add_parser("recover", help="after a crash: fail the runs whose process died, free their pool slots")
+    recover.set_defaults(func=cmd_recover)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from regime_pipeline.configs import history_start, splits
+from regime_pipeline.configs import history_start, splits, walk_forward
 from regime_pipeline.core.allocation.walk_forward import WalkForwardSettings
 
 # One partition per UTC day from the first Binance spot USDT candle.
@@ -24,10 +24,14 @@ WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2018-01-01", day_offset=1, ti
 SPLIT_NAMES = list(splits())
 SPLIT = dg.StaticPartitionsDefinition(SPLIT_NAMES)
 
-# Walk-forward origins (years): origin Y's models are fitted on days before Y - 1, selected on
-# Y - 1, and predict or trade Y. ORIGIN is the regime walk-forward's axis (its out-of-sample
-# probabilities); POLICY_ORIGIN the origins an allocation policy can have, two years after the
-# first probability origin (configs/allocation.yaml `walk_forward`). Keys are the years as text.
-_WALK_FORWARD = WalkForwardSettings.from_config()
-ORIGIN = dg.StaticPartitionsDefinition([str(y) for y in _WALK_FORWARD.probability_origins])
-POLICY_ORIGIN = dg.StaticPartitionsDefinition([str(y) for y in _WALK_FORWARD.policy_origins])
+# Walk-forward origins (configs/walk_forward.yaml): origin Y fits on the days before Y - 1,
+# early-stops on Y - 1 and predicts the days of Y.
+ORIGIN_NAMES = [str(y) for y in walk_forward()["origins"]]
+ORIGIN = dg.StaticPartitionsDefinition(ORIGIN_NAMES)
+
+# The origins an allocation policy can have (configs/allocation.yaml `walk_forward`): origin Y's
+# policy trains on the out-of-sample probabilities of the origins before Y - 1, so the first one
+# is two years after the first ORIGIN. A partitions definition of its own rather than two
+# origins of ORIGIN that could never be materialized.
+POLICY_ORIGIN_NAMES = [str(y) for y in WalkForwardSettings.from_config().policy_origins]
+POLICY_ORIGIN = dg.StaticPartitionsDefinition(POLICY_ORIGIN_NAMES)

@@ -151,8 +151,9 @@ def test_live_source_ingests_resumes_after_a_failure_and_reconciles(data_dir, in
     from regime_pipeline_tests.fake_binance import Scripted, unavailable
 
     resources = build_resources(str(data_dir), MarketData(source="ccxt", api_url=fake_binance.url, max_retries=0))
-    # BTCUSDT comes first: its first two days (two pages each) arrive, then Binance fails.
-    fake_binance.script("/api/v3/klines", *[Scripted()] * 4, unavailable())
+    # The daily klines of the 13 symbols come first (one page each, to verify the minute days
+    # against); then BTCUSDT's minutes: its first two days (two pages each) arrive, then Binance fails.
+    fake_binance.script("/api/v3/klines", *[Scripted()] * (13 + 4), unavailable())
     with pytest.raises(FetchError, match=r"BTCUSDT.*1 attempt"):
         materialize_range([minute_bars], "2021-09-20", "2021-09-23", resources, instance)
     lake = MinuteLake(data_dir / "lake" / "minute_bars")
@@ -161,8 +162,8 @@ def test_live_source_ingests_resumes_after_a_failure_and_reconciles(data_dir, in
     before = len(fake_binance.requests_to("/api/v3/klines"))
     result = materialize_range(BARS, "2021-09-20", "2021-09-23", resources, instance)
     assert result.success and all(check_results(result).values())
-    resumed = fake_binance.requests_to("/api/v3/klines")[before]
-    assert resumed.params["symbol"] == "BTCUSDT" and resumed.params["interval"] == "1m"
+    resumed = next(r for r in fake_binance.requests_to("/api/v3/klines")[before:] if r.params["interval"] == "1m")
+    assert resumed.params["symbol"] == "BTCUSDT"
     assert int(resumed.params["startTime"]) == int(pd.Timestamp("2021-09-22").value // 10**6)
 
     bars = _bars(data_dir)

@@ -17,7 +17,9 @@ from regime_pipeline.core.data.bars import (
     validate_ohlcv,
 )
 from regime_pipeline.core.errors import DataError
+from regime_pipeline.core.data.ingest import ingest_minutes
 from regime_pipeline.core.data.lake import MinuteLake
+from regime_pipeline.core.data.quality import minute_day_problem
 from regime_pipeline.core.data.sources.embedded import EmbeddedSource
 from regime_pipeline_tests.conftest import EMBEDDED
 
@@ -159,3 +161,80 @@ def test_lake_replaces_one_day_and_keeps_the_rest_of_its_month(tmp_path, source)
     )
     with pytest.raises(ValueError, match="rows span"):
         lake.write_day("ETHUSDT", dt.date(2021, 9, 28), days[dt.date(2021, 9, 30)])
+
+
+# --------------------------------------------------------------------------- complete minute days
+
+GAP = [(dt.datetime(2021, 9, 29, 7), dt.datetime(2021, 9, 29, 9))]
+TOLERANCES = {"price_rtol": 1e-9, "volume_rtol": 1e-6}
+
+
+def _kline(source: EmbeddedSource, symbol: str, day: dt.date) -> dict:
+    klines = source.daily_klines([symbol], day, day + dt.timedelta(days=1))
+    return klines.iloc[0].to_dict()
+
+
+def _day(source: EmbeddedSource, symbol: str, day: dt.date) -> pd.DataFrame:
+    return dict(source.minute_days(symbol, day, day + dt.timedelta(days=1)))[day]
+
+
+def test_a_whole_day_or_a_known_gap_is_complete_without_a_kline(source):
+    day, gap_day = dt.date(2021, 10, 2), dt.date(2021, 9, 29)
+    assert minute_day_problem(day, _day(source, "BTCUSDT", day), None, GAP, **TOLERANCES) is None
+    assert minute_day_problem(gap_day, _day(source, "BTCUSDT", gap_day), None, GAP, **TOLERANCES) is None
+    # Without the gap on record, the maintenance day's 120 missing minutes need the kline.
+    problem = minute_day_problem(gap_day, _day(source, "BTCUSDT", gap_day), None, [], **TOLERANCES)
+    assert problem is not None and "120 of 1440 minutes missing (first 07:00" in problem
+    kline = _kline(source, "BTCUSDT", gap_day)
+    assert minute_day_problem(gap_day, _day(source, "BTCUSDT", gap_day), kline, [], **TOLERANCES) is None
+
+
+def test_a_day_cut_at_a_line_break_is_refused_with_or_without_its_kline(source):
+    # The hostile case: BTC 2021-10-02 from its first 700 minutes, every row valid.
+    day = dt.date(2021, 10, 2)
+    cut = _day(source, "BTCUSDT", day).iloc[:700]
+    problem = minute_day_problem(day, cut, None, GAP, **TOLERANCES)
+    assert "740 of 1440 minutes missing (first 11:40; bars run 00:00..11:39)" in problem
+    problem = minute_day_problem(day, cut, _kline(source, "BTCUSDT", day), GAP, **TOLERANCES)
+    assert "daily kline" in problem and "11:39" in problem
+
+
+def test_a_whole_day_that_disagrees_with_its_kline_is_refused(source):
+    day = dt.date(2021, 10, 2)
+    minutes = _day(source, "ETHUSDT", day)
+    minutes.loc[100, "volume"] += 1.0
+    problem = minute_day_problem(day, minutes, _kline(source, "ETHUSDT", day), GAP, **TOLERANCES)
+    assert problem is not None and "volume" in problem
+
+
+class _Cut:
+    """The embedded source with one (symbol, day) cut after its first `keep` minutes."""
+
+    name = "cut"
+
+    def __init__(self, inner: EmbeddedSource, symbol: str, day: dt.date, keep: int, klines: bool = True) -> None:
+        self.inner, self.symbol, self.day, self.keep, self.klines = inner, symbol, day, keep, klines
+
+    def daily_klines(self, symbols, start, end):
+        frame = self.inner.daily_klines(symbols, start, end)
+        return frame if self.klines else frame.iloc[:0]
+
+    def minute_days(self, symbol, start, end):
+        for day, minutes in self.inner.minute_days(symbol, start, end):
+            if (symbol, day) == (self.symbol, self.day):
+                minutes = minutes.iloc[: self.keep].copy()
+                minutes.attrs["source"] = "/drop/BTCUSDT-1m-2021-10-02.csv"
+            yield day, minutes
+
+
+@pytest.mark.parametrize("klines", [True, False])
+def test_ingestion_refuses_a_cut_day_naming_its_file_and_keeps_what_was_stored(tmp_path, source, klines):
+    lake = MinuteLake(tmp_path / "lake")
+    first, end = dt.date(2021, 9, 28), dt.date(2021, 10, 4)
+    ingest_minutes(source, lake, ["BTCUSDT"], first, dt.date(2021, 10, 2), gaps=GAP, **TOLERANCES)
+    before = {p: p.read_bytes() for p in lake.files()}
+
+    with pytest.raises(DataError, match=r"BTCUSDT-1m-2021-10-02\.csv: BTCUSDT 2021-10-02 not stored"):
+        ingest_minutes(_Cut(source, "BTCUSDT", dt.date(2021, 10, 2), 700, klines), lake, ["BTCUSDT"], first, end,
+                       gaps=GAP, **TOLERANCES)
+    assert {p: p.read_bytes() for p in lake.files()} == before

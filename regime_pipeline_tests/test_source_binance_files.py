@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import zipfile
 from functools import cache
 from pathlib import Path
@@ -260,6 +261,20 @@ def test_only_files_overlapping_the_request_are_read_and_parsed_files_are_cached
     assert list(all_days(source)) == [MAINTENANCE_DAY]  # served from the cache
 
 
+class Recorder:
+    """A logger that keeps its warnings."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warning(self, msg: str, *args) -> None:
+        self.warnings.append(msg)
+
+    def info(self, msg: str, *args) -> None: ...
+
+    def debug(self, msg: str, *args) -> None: ...
+
+
 def test_non_data_files_are_ignored_and_subfolders_are_scanned(tmp_path: Path) -> None:
     lines = bulk_lines(day_minutes(MAINTENANCE_DAY))
     path = write_zip(tmp_path / "2021" / "09" / f"BTCUSDT-1m-{MAINTENANCE_DAY}.zip", lines)
@@ -267,10 +282,71 @@ def test_non_data_files_are_ignored_and_subfolders_are_scanned(tmp_path: Path) -
     path.with_name(path.name + ".CHECKSUM").write_text(f"{digest}  {path.name}\n")
     (tmp_path / "README.md").write_text("# my downloads\n")
     (tmp_path / ".DS_Store").write_bytes(b"\0\1")
-    (tmp_path / "BTCUSDT-5m-2021-09-29.csv").write_text("five-minute bars are not used\n")
-    (tmp_path / "BTC_USDT-1h.json").write_text("[]")
+    log = Recorder()
 
-    assert list(all_days(BinanceFilesSource(tmp_path))) == [MAINTENANCE_DAY]
+    assert list(all_days(BinanceFilesSource(tmp_path, log=log))) == [MAINTENANCE_DAY]
+    assert log.warnings == []
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("BTCUSDT-5m-2021-09-29.csv", "5m bars are not read"),
+        ("BTCUSDT-1h-2021-09.zip", "1h bars are not read"),
+        ("BTC_USDT-1h.json", "1h bars are not read"),
+        ("ETH_USDT-5m.feather", "5m bars are not read"),
+        ("BTCUSDT-7m-2021-09-29.csv", "'7m' is not a Binance kline interval"),
+    ],
+)
+def test_a_file_of_an_interval_not_read_is_reported_by_name(tmp_path: Path, name: str, reason: str) -> None:
+    write_csv(tmp_path / f"BTCUSDT-1m-{MAINTENANCE_DAY}.csv", bulk_lines(day_minutes(MAINTENANCE_DAY)))
+    # Real 5-minute bars would parse; what matters is that the file is named and not used.
+    (tmp_path / name).write_text("not read\n")
+    log = Recorder()
+
+    assert list(all_days(BinanceFilesSource(tmp_path, log=log))) == [MAINTENANCE_DAY]
+    assert len(log.warnings) == 1 and str(tmp_path / name) in log.warnings[0] and reason in log.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        (f"BTCUSDT-1m-{MAINTENANCE_DAY}.csv", ""),
+        (f"BTCUSDT-1m-{MAINTENANCE_DAY}.csv", HEADER + "\n"),
+        (f"BTCUSDT-1m-{MAINTENANCE_DAY}.zip", None),
+        ("BTC_USDT-1m.json", "[]"),
+    ],
+)
+def test_an_empty_file_is_an_error_naming_it(tmp_path: Path, name: str, content: str | None) -> None:
+    path = tmp_path / name
+    if content is None:
+        path.write_bytes(zip_bytes(path.stem + ".csv", ""))
+    else:
+        path.write_text(content)
+
+    error = raises_data_error(BinanceFilesSource(tmp_path))
+    assert str(path) in str(error) and ("no bars" in str(error) or "no candle" in str(error))
+
+
+def test_an_empty_feather_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = write_freqtrade_feather(tmp_path / "BTC_USDT-1m.feather", day_minutes(MAINTENANCE_DAY).iloc[:0])
+
+    error = raises_data_error(BinanceFilesSource(tmp_path))
+    assert str(path) in str(error) and "no candle" in str(error)
+
+
+def test_a_bulk_file_that_stops_early_is_reported_and_yields_the_short_day(tmp_path: Path) -> None:
+    # Cut cleanly at a line break: every line parses. The day is yielded with what it holds;
+    # whether it may be stored is decided against the klines and known gaps (quality.minute_day_problem).
+    day = dt.date(2021, 10, 2)
+    path = write_csv(tmp_path / f"BTCUSDT-1m-{day}.csv", bulk_lines(day_minutes(day))[:700])
+    log = Recorder()
+
+    days = all_days(BinanceFilesSource(tmp_path, log=log))
+
+    assert list(days) == [day] and len(days[day]) == 700
+    assert days[day].attrs["source"] == str(path)
+    assert len(log.warnings) == 1 and str(path) in log.warnings[0] and "2021-10-02 11:39:00" in log.warnings[0]
 
 
 # --------------------------------------------------------------------------- bulk 1d files
@@ -345,6 +421,44 @@ def test_freqtrade_feather_dates_in_another_zone_are_converted_to_utc(tmp_path: 
     # Coverage starts at the first bar (00:00) and ends after the last (23:59): one whole day.
     days = all_days(BinanceFilesSource(tmp_path))
     pd.testing.assert_frame_equal(days[MAINTENANCE_DAY], real, check_exact=True)
+
+
+@pytest.mark.parametrize("kind", ["json", "feather"])
+def test_freqtrade_last_candle_still_open_when_written_is_not_used(tmp_path: Path, kind: str) -> None:
+    # BTC's real candles to 2021-10-03, the last one as it stood at 12:00 that day (it closed at 49,228 high).
+    real = klines("BTCUSDT", SEPT, dt.date(2021, 10, 4))
+    partial = real.copy()
+    partial.loc[partial.index[-1], ["high", "close", "volume"]] = [48_100.0, 48_000.0, 15_000.0]
+    writer = write_freqtrade_json if kind == "json" else write_freqtrade_feather
+    path = writer(tmp_path / f"BTC_USDT-1d.{kind}", partial)
+    noon = pd.Timestamp("2021-10-03 12:00").timestamp()
+    os.utime(path, (noon, noon))
+    log = Recorder()
+
+    got = BinanceFilesSource(tmp_path, log=log).daily_klines(["BTCUSDT"], SEPT, NOV)
+
+    expected = klines("BTCUSDT", SEPT, dt.date(2021, 10, 3)).drop(columns="open_time")
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert len(log.warnings) == 1 and str(path) in log.warnings[0] and "2021-10-03" in log.warnings[0]
+
+    # Written after the day ended, the same candle is final and used.
+    written = pd.Timestamp("2021-10-04 00:00:05").timestamp()
+    path = writer(tmp_path / f"BTC_USDT-1d.{kind}", real)
+    os.utime(path, (written, written))
+    got = BinanceFilesSource(tmp_path).daily_klines(["BTCUSDT"], SEPT, NOV)
+    pd.testing.assert_frame_equal(got, real.drop(columns="open_time"), check_exact=True)
+
+
+def test_freqtrade_minute_file_written_during_its_last_minute_drops_that_minute(tmp_path: Path) -> None:
+    # Bars to 2021-09-29 23:59, downloaded at 23:59:30: the last minute was still open, so the
+    # day is not covered to its end and is not yielded; a file written at 00:00:01 yields it.
+    path = write_freqtrade_json(tmp_path / "BTC_USDT-1m.json", minutes("BTCUSDT", dt.date(2021, 9, 28), dt.date(2021, 9, 30)))
+    during = pd.Timestamp("2021-09-29 23:59:30").timestamp()
+    os.utime(path, (during, during))
+    assert list(all_days(BinanceFilesSource(tmp_path, log=Recorder()))) == [dt.date(2021, 9, 28)]
+    after = pd.Timestamp("2021-09-30 00:00:01").timestamp()
+    os.utime(path, (after, after))
+    assert list(all_days(BinanceFilesSource(tmp_path))) == [dt.date(2021, 9, 28), MAINTENANCE_DAY]
 
 
 @pytest.mark.parametrize("kind", ["json", "feather"])
@@ -472,6 +586,27 @@ def test_row_from_another_month_is_refused_even_in_microseconds(tmp_path: Path) 
 def test_bar_off_the_minute_grid_is_refused(tmp_path: Path) -> None:
     error = _bad_csv(tmp_path, lambda lines: _set_field(lines, 3, 0, str(int(lines[3].split(",")[0]) + 30_000)))
     assert (error.row, error.field) == (4, "open_time") and "1m boundary" in str(error)
+
+
+@pytest.mark.parametrize("suffix", [".5", "500"])
+def test_a_fraction_of_a_millisecond_is_refused_not_rounded_onto_the_grid(tmp_path: Path, suffix: str) -> None:
+    def nudge(lines: list[str]) -> None:
+        # ".5": half a millisecond on a millisecond stamp; "500": the same stamp in microseconds, plus 500 µs.
+        _set_field(lines, 3, 0, lines[3].split(",")[0] + suffix)
+
+    error = _bad_csv(tmp_path, nudge)
+    assert (error.row, error.field) == (4, "open_time") and "not a whole millisecond" in str(error)
+
+
+def test_a_feather_date_off_the_grid_by_less_than_a_millisecond_is_refused(tmp_path: Path) -> None:
+    path = write_freqtrade_feather(tmp_path / "BTC_USDT-1m.feather", day_minutes(MAINTENANCE_DAY))
+    table = pd.read_feather(path)
+    table["date"] = table["date"].astype("datetime64[ns, UTC]")
+    table.loc[5, "date"] += pd.Timedelta(microseconds=250)
+    table.to_feather(path)
+
+    error = raises_data_error(BinanceFilesSource(tmp_path))
+    assert (error.row, error.field) == (6, "date") and "not a whole millisecond" in str(error)
 
 
 @pytest.mark.parametrize("name", ["FOOUSDT-1m-2021-09-29.csv", "FOO_USDT-1d.json"])

@@ -1,11 +1,15 @@
-"""The DuckDB IO manager: atomic slice replacement, by-name inserts, refusal of stray rows."""
+"""The DuckDB IO manager: atomic slice replacement, by-name inserts, refusal of stray rows and of
+empty outputs over stored rows; read-only readers and the bounded wait for another process's lock."""
 
+import subprocess
+import sys
 
 import dagster as dg
 import pandas as pd
 import pytest
 
-from regime_pipeline.resources.warehouse import DuckDBTableIOManager, read_table
+from regime_pipeline.core.dbfile import DatabaseBusyError
+from regime_pipeline.resources.warehouse import DuckDBTableIOManager, connect, read_table
 
 DAYS = dg.DailyPartitionsDefinition(start_date="2024-01-01")
 SPLITS = dg.StaticPartitionsDefinition(["train", "test"])
@@ -112,3 +116,81 @@ def test_a_column_first_written_all_null_takes_values_later(tmp_path):
     _run(asset, db, "2024-01-02")
     stored = read_table(db, "table").sort_values("date")
     assert stored["note"].tolist()[1] == "no support" and pd.isna(stored["note"].tolist()[0])
+
+
+def test_an_empty_output_never_replaces_stored_rows(tmp_path):
+    db = str(tmp_path / "w.duckdb")
+    rows = {"days": ["2024-01-01"]}
+    asset = _asset(lambda ctx: _frame(rows["days"], 1.0))
+    _run(asset, db, "2024-01-01")
+    rows["days"] = []
+    with pytest.raises(ValueError, match=r"empty but 1 rows are stored there; refusing"):
+        _run(asset, db, "2024-01-01")
+    assert read_table(db, "table")["x"].tolist() == [1.0]
+    # An empty output where nothing is stored is fine (e.g. days before a look-back is available).
+    assert _run(asset, db, "2024-01-02").success
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, msg: str, *args) -> None:
+        self.lines.append(msg)
+
+
+def _hold(db: str, read_only: bool, seconds: float) -> subprocess.Popen:
+    """Another process that opens `db` and keeps it open for `seconds`."""
+    code = (
+        "import duckdb, sys, time\n"
+        f"con = duckdb.connect({db!r}, read_only={read_only})\n"
+        "print('open', flush=True)\n"
+        f"time.sleep({seconds})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def test_readers_open_read_only_and_share_the_file(tmp_path):
+    db = str(tmp_path / "w.duckdb")
+    _run(_asset(lambda ctx: _frame([ctx.partition_key], 1.0)), db, "2024-01-01")
+    holder = _hold(db, read_only=True, seconds=5)
+    try:
+        log = _Log()
+        with connect(db, read_only=True, wait_s=0.5, log=log) as con:
+            assert con.execute("SELECT x FROM main.table").fetchall() == [(1.0,)]
+        assert log.lines == []  # no wait: readers do not block each other
+        assert read_table(db, "table")["x"].tolist() == [1.0]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_reader_waits_for_a_writer_with_a_bounded_logged_wait(tmp_path):
+    db = str(tmp_path / "w.duckdb")
+    _run(_asset(lambda ctx: _frame([ctx.partition_key], 1.0)), db, "2024-01-01")
+    holder = _hold(db, read_only=False, seconds=1.5)
+    try:
+        log = _Log()
+        with connect(db, read_only=True, wait_s=30, log=log) as con:
+            assert con.execute("SELECT x FROM main.table").fetchall() == [(1.0,)]
+        assert len(log.lines) == 2
+        assert "is locked by another process; waiting up to 30s to open it read-only" in log.lines[0]
+        assert "opened read-only after waiting" in log.lines[1]
+    finally:
+        holder.wait()
+    holder = _hold(db, read_only=False, seconds=10)
+    try:
+        expected = rf"{db}: gave up opening it read-only after waiting 1s.*PID {holder.pid}"
+        with pytest.raises(DatabaseBusyError, match=expected), connect(db, read_only=True, wait_s=1.0):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_reading_a_warehouse_that_does_not_exist_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such DuckDB file"):
+        read_table(str(tmp_path / "none.duckdb"), "daily_bars")
+    assert not (tmp_path / "none.duckdb").exists()

@@ -1,14 +1,15 @@
 """Stage 0, bars: 1-minute bars into the Parquet lake, and UTC daily bars into the warehouse."""
 
 import datetime as dt
-import time
 
 import dagster as dg
 import pandas as pd
 
 from regime_pipeline.checks.bars import DAILY_BAR_CHECK_SPECS, daily_bar_checks
-from regime_pipeline.configs import universe
-from regime_pipeline.core.data.bars import combine_daily, days_in
+from regime_pipeline.checks.gate import checked_output
+from regime_pipeline.configs import data_settings, known_gaps, universe
+from regime_pipeline.core.data.bars import combine_daily
+from regime_pipeline.core.data.ingest import ingest_minutes
 from regime_pipeline.assets.metadata import plot_metadata
 from regime_pipeline.core.plots import plot_daily_bars
 from regime_pipeline.partitions import DAILY
@@ -39,42 +40,35 @@ class MinuteBarsConfig(dg.Config):
 def minute_bars(
     context: dg.AssetExecutionContext, config: MinuteBarsConfig, market_data: MarketData, storage: ProjectStorage
 ) -> dg.MaterializeResult:
-    """1-minute Binance OHLCV in the hive-partitioned Parquet lake (``lake/minute_bars/symbol=/date=``).
+    """1-minute Binance OHLCV in the hive-partitioned Parquet lake
+    (``lake/minute_bars/symbol=<S>/month=<YYYY-MM>/data.parquet``, one file per symbol and UTC month).
 
-    Only complete UTC days are stored, one file per (symbol, day), each written as soon as it
-    is fetched: an interrupted ingestion resumes where it stopped. Days the source has no
-    minutes for (the embedded data has a 2021 window) are simply absent; `daily_bars` then
-    uses the exchange's daily klines.
+    Only complete UTC days are stored (every minute present, or the missing minutes a known
+    exchange gap, or the day's minutes equal to the exchange's daily kline), each verified and
+    written as soon as it is fetched: an interrupted ingestion resumes where it stopped, and a
+    refused day fails the run naming the file or endpoint. Days the source has no minutes for
+    (the embedded data has a 2021 window) are simply absent; `daily_bars` then uses the
+    exchange's daily klines.
     """
     start, end = window_days(context)
     source = market_data.open(log=context.log)
     lake = storage.lake()
-    stored = lake.stored_days()
-    stored_keys = set(zip(stored["symbol"], stored["date"]))
-    written: dict[str, int] = {}
-    rows = kept = 0
-    began = time.monotonic()
-    for symbol in universe().symbols:
-        todo = [d for d in days_in(start, end) if config.refetch or (symbol, d) not in stored_keys]
-        kept += (end - start).days - len(todo)
-        if not todo:
-            continue
-        for day, minutes in source.minute_days(symbol, todo[0], end):
-            if not config.refetch and (symbol, day) in stored_keys:
-                continue
-            lake.write_day(symbol, day, minutes)
-            written[symbol] = written.get(symbol, 0) + 1
-            rows += len(minutes)
-        if written.get(symbol):
-            context.log.info(f"{symbol}: {written[symbol]} days of 1-minute bars stored")
-    context.log.info(f"minute_bars: {rows} rows in {sum(written.values())} days, {time.monotonic() - began:.1f}s")
-    table = pd.DataFrame({"symbol": list(written), "days_written": list(written.values())})
+    tolerances = data_settings()["reconciliation"]
+    summary = ingest_minutes(
+        source, lake, universe().symbols, start, end,
+        gaps=[(gap.start, gap.end) for gap in known_gaps()],
+        price_rtol=tolerances["price_rtol"], volume_rtol=tolerances["volume_rtol"],
+        refetch=config.refetch, log=context.log,
+    )
+    days_written = sum(summary.days_written.values())
+    context.log.info(f"minute_bars: {summary.rows_written} rows in {days_written} days, {summary.seconds:.1f}s")
+    table = summary.table()
     return dg.MaterializeResult(
         metadata={
             "source": market_data.source,
-            "rows_written": rows,
-            "days_written": sum(written.values()),
-            "days_already_stored": kept,
+            "rows_written": summary.rows_written,
+            "days_written": days_written,
+            "days_already_stored": summary.days_already_stored,
             "lake": dg.MetadataValue.path(str(lake.root)),
             "by_symbol": dg.MetadataValue.md(table.to_markdown(index=False) if len(table) else "no minutes in this range"),
         }
@@ -96,7 +90,8 @@ def daily_bars(context: dg.AssetExecutionContext, market_data: MarketData, stora
 
     Aggregated in DuckDB from the lake's 1-minute bars where a complete minute day exists,
     else the source's own daily kline; `source` says which and `n_minutes` how many minutes
-    a bar was built from. Assets are absent before their listing day, never filled.
+    a bar was built from. Assets are absent before their listing day, never filled. The checks
+    run on the bars before they are stored: a failing one fails the step and keeps the stored rows.
     """
     start, end = window_days(context)
     source = market_data.open(log=context.log)
@@ -118,5 +113,6 @@ def daily_bars(context: dg.AssetExecutionContext, market_data: MarketData, stora
     }
     if not bars.empty:
         metadata.update(plot_metadata(plot_daily_bars(bars, f"daily bars {start} .. {last}"), storage, "daily_bars", start, end))
-    yield dg.Output(bars, metadata=metadata)
-    yield from daily_bar_checks(bars, minute_daily, klines, start, end)
+    # Checked before the IO manager sees the frame: a failing blocking check leaves the stored slice as it was.
+    results = daily_bar_checks(bars, minute_daily, klines, start, end)
+    yield from checked_output(dg.Output(bars, metadata=metadata), results, DAILY_BAR_CHECK_SPECS)

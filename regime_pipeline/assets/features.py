@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 
 from regime_pipeline.assets.bars import window_days
-from regime_pipeline.configs import splits
+from regime_pipeline.checks.gate import checked_output
+from regime_pipeline.configs import history_start, splits, universe
+from regime_pipeline.core.data import quality
 from regime_pipeline.core.features import daily as features
 from regime_pipeline.partitions import DAILY
 
@@ -49,17 +51,38 @@ def _check_finite(asset: str, frame: pd.DataFrame) -> dg.AssetCheckResult:
     bad = ~np.isfinite(frame.select_dtypes("number").to_numpy(float))
     return dg.AssetCheckResult(
         asset_key=asset, check_name="all_values_finite", passed=not bad.any(),
-        metadata={"non_finite_values": int(bad.sum())},
+        metadata={"violations": int(bad.sum()), "non_finite_values": int(bad.sum())},
+    )
+
+
+def require_bars(
+    daily_bars: pd.DataFrame, start: dt.date, end: dt.date, lookback_days: int = features.LOOKBACK_DAYS
+) -> None:
+    """Fail unless `daily_bars` holds a bar for every listed asset on every day of ``[start, end)``
+    and the `lookback_days` before it: values computed from missing bars would be masked, and would
+    replace good stored rows with fewer or none."""
+    first = max(start - dt.timedelta(days=lookback_days), history_start())
+    missing, _ = quality.coverage_gaps(daily_bars, universe().listing_dates(), first, end)
+    if missing.empty:
+        return
+    examples = ", ".join(f"{s} {d}" for s, d in missing.head(5).itertuples(index=False))
+    raise dg.Failure(
+        description=(
+            f"daily_bars has no bar for {len(missing)} asset-days of {first}..{end - dt.timedelta(days=1)}, the days "
+            f"this run's values are computed from (e.g. {examples}): materialize daily_bars for them first. "
+            "Nothing was stored."
+        ),
+        metadata={"missing_asset_days": len(missing), "first_missing": str(missing["date"].min())},
     )
 
 
 def _feature_output(context: dg.AssetExecutionContext, name: str, frame: pd.DataFrame, start: dt.date, end: dt.date):
-    """Log and describe a feature frame, then yield it and its check."""
+    """Log and describe a feature frame, then check it and yield it (only if the check passed)."""
     keys = ["date", "symbol"] if "symbol" in frame.columns else ["date"]
     values = frame.drop(columns=keys)
     context.log.info(f"{name} {start}..{end - dt.timedelta(days=1)}: {len(frame)} rows, {values.shape[1]} features")
     summary = values.describe().T[["mean", "std", "min", "50%", "max"]] if len(frame) else pd.DataFrame()
-    yield dg.Output(
+    output = dg.Output(
         frame,
         metadata={
             "rows": len(frame),
@@ -68,7 +91,7 @@ def _feature_output(context: dg.AssetExecutionContext, name: str, frame: pd.Data
             "summary": dg.MetadataValue.md(summary.to_markdown(floatfmt=".4g") if len(summary) else "no rows"),
         },
     )
-    yield _check_finite(name, frame)
+    yield from checked_output(output, [_check_finite(name, frame)], [_finite_check(name)])
 
 
 @dg.asset(
@@ -97,6 +120,7 @@ def vol_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame, ga
     """Per (date, symbol): realized_vol_20d, garch_sigma, har_daily, har_weekly, vol_ratio
     (annualised with 365 days; formulas in configs/features.yaml)."""
     start, end = window_days(context)
+    require_bars(daily_bars, start, end)
     params = {s: features.GarchParams.from_dict(p) for s, p in garch_params.items()}
     frame = features.vol_features(daily_bars, params, start, end)
     yield from _feature_output(context, "vol_features", frame, start, end)
@@ -107,6 +131,7 @@ def trend_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
     """Per (date, symbol): rate_of_change, close_normalized, momentum_50d,
     return_skewness_30d, trend_strength, volume_trend (configs/features.yaml)."""
     start, end = window_days(context)
+    require_bars(daily_bars, start, end)
     frame = features.trend_features(daily_bars, start, end)
     yield from _feature_output(context, "trend_features", frame, start, end)
 
@@ -116,5 +141,6 @@ def cross_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
     """Per date, across the listed assets: n_assets, avg_pairwise_corr, btc_dominance,
     vol_dispersion, corr_stability (configs/features.yaml)."""
     start, end = window_days(context)
+    require_bars(daily_bars, start, end)
     frame = features.cross_features(daily_bars, start, end)
     yield from _feature_output(context, "cross_features", frame, start, end)

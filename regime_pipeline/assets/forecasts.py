@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from regime_pipeline.assets.bars import window_days
-from regime_pipeline.assets.features import PER_DAY, TRAIN_DAYS
+from regime_pipeline.assets.features import PER_DAY, TRAIN_DAYS, require_bars
+from regime_pipeline.checks.gate import checked_output
 from regime_pipeline.configs import splits
 from regime_pipeline.core.features import daily as features
 from regime_pipeline.core.features import vol_forecasts as vf
@@ -86,6 +87,7 @@ def vol_forecasts(
     sqrt(mean(r_{d+1}^2 .. r_{d+h}^2)) made at the close of d by the naive, GARCH, HAR and
     LightGBM models; daily vol, fraction (not annualised); h = 1 and 7 days."""
     start, end = window_days(context)
+    require_bars(daily_bars, start, end, vf.LOOKBACK_DAYS)
     params = {s: features.GarchParams.from_dict(p) for s, p in garch_params.items()}
     models = vf.VolForecastModels.from_dict(vol_forecast_models)
     frame = vf.forecast(daily_bars, vol_features, params, models, start, end)
@@ -93,12 +95,14 @@ def vol_forecasts(
     values = frame[list(vf.MODELS)].to_numpy(dtype="float64")
     bad = ~np.isfinite(values) | (values < 0)
     summary = frame.groupby("horizon_days")[list(vf.MODELS)].mean().reset_index() if len(frame) else pd.DataFrame()
-    yield dg.Output(frame, metadata={
+    output = dg.Output(frame, metadata={
         "rows": len(frame),
         "days": int(frame["date"].nunique()) if len(frame) else 0,
         "mean_forecast": _md(summary) if len(summary) else dg.MetadataValue.md("no rows"),
     })
-    yield dg.AssetCheckResult(check_name="valid_forecasts", passed=not bad.any(), metadata={"invalid_values": int(bad.sum())})
+    check = dg.AssetCheckResult(check_name="valid_forecasts", passed=not bad.any(),
+                                metadata={"violations": int(bad.sum()), "invalid_values": int(bad.sum())})
+    yield from checked_output(output, [check], [VALID_CHECK])
 
 
 @dg.asset(

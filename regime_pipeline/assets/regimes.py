@@ -7,6 +7,7 @@ import pandas as pd
 
 from regime_pipeline.assets.features import TRAIN_DAYS
 from regime_pipeline.assets.metadata import plot_metadata
+from regime_pipeline.checks.gate import checked_output
 from regime_pipeline.configs import splits
 from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.core.features import selection
@@ -60,7 +61,7 @@ def hmm_models(context: dg.AssetExecutionContext, vol_features: pd.DataFrame, tr
     states = pd.DataFrame(rows)
     # The first vol observation is log realized vol: the top state's mean, back in vol units.
     spike_vol = math.exp(models.vol.means_[-1][0])
-    yield dg.Output(
+    output = dg.Output(
         models.to_dict(),
         metadata={
             "states": _md(states),
@@ -68,10 +69,14 @@ def hmm_models(context: dg.AssetExecutionContext, vol_features: pd.DataFrame, tr
             "train_loglik_trend": float(models.trend.train_loglik_),
         },
     )
-    yield dg.AssetCheckResult(check_name="no_collapsed_state", passed=not collapsed,
-                              metadata={"collapsed": ", ".join(collapsed) or "none"})
-    yield dg.AssetCheckResult(check_name="spike_is_a_spike", passed=spike_vol > config["vol"]["spike_min_vol"],
-                              metadata={"spike_state_mean_vol": spike_vol})
+    checks = [
+        dg.AssetCheckResult(check_name="no_collapsed_state", passed=not collapsed,
+                            metadata={"collapsed": ", ".join(collapsed) or "none"}),
+        dg.AssetCheckResult(check_name="spike_is_a_spike", passed=spike_vol > config["vol"]["spike_min_vol"],
+                            metadata={"spike_state_mean_vol": spike_vol}),
+    ]
+    # A model that fails a blocking check never replaces the stored one.
+    yield from checked_output(output, checks, HMM_CHECKS)
 
 
 @dg.asset(

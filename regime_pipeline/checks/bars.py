@@ -1,4 +1,4 @@
-"""Checks on `daily_bars`, evaluated in the same step from the frame just built.
+"""Checks on `daily_bars`, evaluated in the same step from the frame just built, before it is stored.
 
 They are declared as the asset's `check_specs` rather than as separate `@asset_check`s:
 a separate check would reload every partition of the table, while these see exactly the

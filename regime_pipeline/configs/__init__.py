@@ -96,5 +96,48 @@ def data_settings() -> dict[str, Any]:
     return load_yaml("data")
 
 
+@cache
+def run_settings() -> dict[str, Any]:
+    return load_yaml("runs")
+
+
 def history_start() -> dt.date:
     return data_settings()["history_start"]
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Minutes ``[start, end)`` (naive UTC) in which the exchange made no bar."""
+
+    start: dt.datetime
+    end: dt.datetime
+    note: str
+
+
+@cache
+def known_gaps() -> tuple[Gap, ...]:
+    """The exchange's own gaps listed in ``data.yaml`` (``known_gaps``)."""
+    gaps = []
+    where = CONFIG_DIR / "data.yaml"
+    for i, raw in enumerate(data_settings().get("known_gaps") or []):
+        try:
+            start, end = (dt.datetime.fromisoformat(str(raw[key])) for key in ("from", "to"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: known_gaps[{i}] needs 'from' and 'to' as 'YYYY-MM-DD HH:MM': {exc}") from exc
+        if not start < end:
+            raise ValueError(f"{where}: known_gaps[{i}] ends before it starts")
+        gap = Gap(start, end, str(raw.get("note", "")))
+        gaps.append(gap)
+    return tuple(gaps)
+
+
+@cache
+def walk_forward() -> dict[str, Any]:
+    """``configs/walk_forward.yaml``, with the origins as ints in increasing order."""
+    raw = load_yaml("walk_forward")
+    origins = [int(y) for y in raw["origins"]]
+    if origins != sorted(set(origins)):
+        raise ValueError(f"configs/walk_forward.yaml: origins must be distinct and increasing, got {origins}")
+    if origins[0] - 1 <= raw["first_fit_day"].year:
+        raise ValueError(f"configs/walk_forward.yaml: origin {origins[0]} leaves no fit year after first_fit_day")
+    return {**raw, "origins": origins}

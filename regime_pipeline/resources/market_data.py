@@ -41,7 +41,7 @@ class MarketData(dg.ConfigurableResource):
                 raise ValueError("market_data: source 'binance_files' needs files_dir (env REGIME_FILES_DIR)")
             if not Path(self.files_dir).is_dir():
                 raise FileNotFoundError(f"market_data: files_dir {self.files_dir!r} is not a directory (REGIME_FILES_DIR)")
-            return BinanceFilesSource(self.files_dir, symbols=universe().symbols)
+            return BinanceFilesSource(self.files_dir, symbols=universe().symbols, log=log)
         from regime_pipeline.core.data.sources.ccxt_source import CcxtSource
 
         return CcxtSource(

@@ -4,7 +4,9 @@ Unlike a plain delete-then-insert, the delete and the insert run in one transact
 failed write leaves the slice as it was. Columns are inserted by name (a reordered frame
 cannot shuffle values), a new column is added to an existing table, and rows outside the
 partition being written are refused (they would survive the next re-run's delete and
-break idempotency). Reads come back ordered by the partition column.
+break idempotency), as is an empty output over a slice that holds rows (a step whose inputs
+were missing must not wipe good rows). Reads open the file read-only, so readers never block
+each other, and come back ordered by the partition column.
 
 An asset declares how its partitions map to rows with ``metadata={"partition_expr": "date"}``
 (a ``DATE``/``TIMESTAMP`` column for time partitions, a text column for static ones).
@@ -22,9 +24,10 @@ import pandas as pd
 from regime_pipeline.core.dbfile import open_db
 
 
-def connect(database: str, read_only: bool = False, wait_s: float = 60.0):
-    """Open `database`, waiting while another process holds its write lock (a context manager)."""
-    return open_db(database, wait_s=wait_s, read_only=read_only)
+def connect(database: str, read_only: bool = False, wait_s: float = 60.0, log: Any | None = None):
+    """Open `database`, waiting (bounded, logged to `log`) while another process holds a conflicting
+    lock (a context manager); see :func:`regime_pipeline.core.dbfile.open_db`."""
+    return open_db(database, wait_s=wait_s, read_only=read_only, log=log)
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
@@ -98,7 +101,7 @@ class DuckDBTableIOManager(dg.ConfigurableIOManager):
                     f"({description}), e.g. {expr}={stray[expr].iloc[0]!r}"
                 )
         qualified = f"{self.db_schema}.{table}"
-        with connect(self.database) as con:
+        with connect(self.database, log=context.log) as con:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.db_schema}")
             con.register("frame", obj)
             con.execute("BEGIN TRANSACTION")
@@ -113,6 +116,13 @@ class DuckDBTableIOManager(dg.ConfigurableIOManager):
                     )
                     con.execute(f"CREATE TABLE {qualified} AS SELECT {columns} FROM frame LIMIT 0")
                 self._add_new_columns(con, qualified, table)
+                if obj.empty:
+                    stored = con.execute(f"SELECT count(*) FROM {qualified} WHERE {where}", params).fetchone()[0]
+                    if stored:
+                        raise ValueError(
+                            f"{qualified}: the output for {description} is empty but {stored} rows are stored "
+                            "there; refusing to replace them with none (were the step's inputs missing?)"
+                        )
                 deleted = con.execute(f"DELETE FROM {qualified} WHERE {where}", params).fetchone()[0]
                 if not obj.empty:
                     con.execute(f"INSERT INTO {qualified} BY NAME SELECT * FROM frame")
@@ -154,18 +164,22 @@ class DuckDBTableIOManager(dg.ConfigurableIOManager):
             return pd.DataFrame()
         where, params, _ = _slice(context, expr)
         order = f" ORDER BY {expr}" if expr else ""
-        with connect(self.database) as con:
-            if not table_exists(con, self.db_schema, table):
-                raise dg.DagsterInvariantViolationError(
-                    f"table {self.db_schema}.{table} does not exist in {self.database}: "
-                    f"materialize {context.asset_key.to_user_string()} first"
-                )
-            return _query(con, f"SELECT * FROM {self.db_schema}.{table} WHERE {where}{order}", params)
+        missing = dg.DagsterInvariantViolationError(
+            f"table {self.db_schema}.{table} does not exist in {self.database}: "
+            f"materialize {context.asset_key.to_user_string()} first"
+        )
+        try:
+            with connect(self.database, read_only=True, log=context.log) as con:
+                if not table_exists(con, self.db_schema, table):
+                    raise missing
+                return _query(con, f"SELECT * FROM {self.db_schema}.{table} WHERE {where}{order}", params)
+        except FileNotFoundError:
+            raise missing from None
 
 
 def read_table(database: str, table: str, where: str = "TRUE", params: Sequence[Any] = (), schema: str = "main") -> pd.DataFrame:
-    """Read rows of a warehouse table outside Dagster (the CLI summary, notebooks, tests)."""
-    with connect(database) as con:
+    """Read rows of a warehouse table outside Dagster (the CLI summary, notebooks, tests), read-only."""
+    with connect(database, read_only=True) as con:
         return _query(con, f"SELECT * FROM {schema}.{table} WHERE {where}", list(params))
 
 

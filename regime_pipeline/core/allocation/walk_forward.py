@@ -22,14 +22,15 @@ from functools import cache
 
 import pandas as pd
 
-from regime_pipeline.configs import load_yaml
+from regime_pipeline.configs import load_yaml, walk_forward
 
 ORIGIN_COLUMN, TARGET_COLUMN = "origin", "target"
 
 
 @dataclass(frozen=True)
 class WalkForwardSettings:
-    """configs/allocation.yaml ``walk_forward``."""
+    """The regime walk-forward's origins (configs/walk_forward.yaml ``origins``) and the policy
+    origins (configs/allocation.yaml ``walk_forward``)."""
 
     probability_origins: tuple[int, ...]
     policy_origins: tuple[int, ...]
@@ -41,8 +42,14 @@ class WalkForwardSettings:
 
 @cache
 def _configured() -> WalkForwardSettings:
-    raw = load_yaml("allocation")["walk_forward"]
-    return WalkForwardSettings(tuple(int(y) for y in raw["probability_origins"]), tuple(int(y) for y in raw["policy_origins"]))
+    probability = tuple(walk_forward()["origins"])
+    policy = tuple(int(y) for y in load_yaml("allocation")["walk_forward"]["policy_origins"])
+    unknown = [y for y in policy if y not in probability or y - 2 < probability[0]]
+    if unknown:
+        raise ValueError(f"configs/allocation.yaml walk_forward.policy_origins {unknown}: a policy origin must be a "
+                         f"probability origin (configs/walk_forward.yaml {list(probability)}) with a training year of "
+                         "probabilities before its selection year")
+    return WalkForwardSettings(probability, policy)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,16 @@ def epoch_to_timestamp(values: pd.Series, source: str, field: str, rows: np.ndar
         raise DataError(
             source, f"timestamp {value} is not a 2017..2100 epoch in ms or µs{hint}", row=int(rows[i]), field=field
         )
+    # Flooring a fraction of a millisecond away would move the bar silently onto the grid.
+    fractional = (ints != np.floor(ints)) | (is_us & (np.mod(ints, 1000) != 0))
+    if fractional.any():
+        i = int(np.flatnonzero(fractional)[0])
+        raise DataError(
+            source,
+            f"timestamp {values.iloc[i]!r} is not a whole millisecond: off the bar grid",
+            row=int(rows[i]),
+            field=field,
+        )
     millis = np.where(is_us, ints // 1000, ints).astype("int64")
     return pd.Series(pd.to_datetime(millis, unit="ms").astype("datetime64[ms]"), index=values.index)
 
@@ -127,15 +137,16 @@ def validate_ohlcv(frame: pd.DataFrame, source: str, time_col: str) -> pd.DataFr
 
 
 def complete_days(
-    frame: pd.DataFrame, covered_from: pd.Timestamp, covered_to: pd.Timestamp
+    frame: pd.DataFrame, covered_from: pd.Timestamp, covered_to: pd.Timestamp, source: str = ""
 ) -> Iterator[tuple[dt.date, pd.DataFrame]]:
     """Yield ``(day, minutes)`` for every UTC day wholly inside ``[covered_from, covered_to)``.
 
-    `covered_from`/`covered_to` is the span the source vouches for: every minute the
-    exchange traded in it is present. A day inside it may still have fewer than 1,440 bars
-    (exchange maintenance, e.g. 2021-09-29 07:00-08:59) and is complete all the same; a day
-    cut by the span's ends is partial and is not yielded, so a partial day can never
-    masquerade as a daily bar. Days with no rows are not yielded.
+    `covered_from`/`covered_to` is the span the source has read: a day cut by the span's ends
+    is partial and is not yielded, so a partial day can never masquerade as a daily bar. A day
+    inside it may still lack minutes, an exchange gap (e.g. 2021-09-29 07:00-08:59) or a hole
+    in the data; :func:`regime_pipeline.core.data.quality.minute_day_problem` tells them apart
+    before anything is stored. Days with no rows are not yielded. Each frame's
+    ``attrs["source"]`` is `source` (the files or endpoint it came from), for error messages.
     """
     if frame.empty:
         return
@@ -149,7 +160,9 @@ def complete_days(
         return
     days = inside["open_time"].dt.floor("D")
     for day, group in inside.groupby(days, sort=True):
-        yield day.date(), group.reset_index(drop=True)
+        minutes = group.reset_index(drop=True)
+        minutes.attrs["source"] = source
+        yield day.date(), minutes
 
 
 def aggregate_minutes_pandas(minutes: pd.DataFrame) -> pd.DataFrame:

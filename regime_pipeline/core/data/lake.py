@@ -2,7 +2,9 @@
 
 One file per (symbol, UTC month), holding that month's stored days. Days are the unit of
 writing: storing a day rewrites its month file atomically (temporary file, then rename),
-so a crash leaves the old month or the new one, never half of it. A month rather than a
+so a crash leaves the old month or the new one, never half of it. Writers of one month file
+take turns on an OS lock (``.lock`` beside it), so two runs storing different days of a
+month both keep their days; the lock dies with its process. A month rather than a
 day per file because opening a Parquet file costs about as much as decoding a day of
 minutes: over 593 days × 13 assets, 7,709 day files aggregate ~4x slower than 260 month
 files (``regime_pipeline_tests/benchmarks/bench_daily_aggregation.py``). Reads go through
@@ -13,9 +15,11 @@ unchanged on object storage.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -43,6 +47,24 @@ def duckdb_connect(database: str | os.PathLike = ":memory:", read_only: bool = F
 
 def _month(day: dt.date) -> str:
     return f"{day.year:04d}-{day.month:02d}"
+
+
+@contextmanager
+def month_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive OS lock of the month file `path` (creating its folder); waits for other holders.
+
+    Also removes temporary files that a writer killed between writing and renaming left behind:
+    with the lock held, no other writer of this month can be in the middle of one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            for stale in path.parent.glob(".tmp-*.parquet"):
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class MinuteLake:
@@ -79,11 +101,14 @@ class MinuteLake:
             new_days = {d for d in days if _month(d) == month}
             path = self.month_path(symbol, month)
             parts = [frame.loc[day_of_row.isin(new_days)]]
-            if path.exists():
-                old = pq.read_table(path).to_pandas()
-                parts.append(old.loc[~old["open_time"].dt.floor("D").dt.date.isin(new_days)])
-            merged = pd.concat([p for p in parts if len(p)] or [frame.iloc[:0]], ignore_index=True)
-            written.append(self._write_month(path, merged.sort_values("open_time", kind="stable")))
+            # Read, merge and replace under the month's lock: another writer's days, stored
+            # between our read and our rename, would otherwise be dropped.
+            with month_lock(path):
+                if path.exists():
+                    old = pq.read_table(path).to_pandas()
+                    parts.append(old.loc[~old["open_time"].dt.floor("D").dt.date.isin(new_days)])
+                merged = pd.concat([p for p in parts if len(p)] or [frame.iloc[:0]], ignore_index=True)
+                written.append(self._write_month(path, merged.sort_values("open_time", kind="stable")))
         return written
 
     def _write_month(self, path: Path, frame: pd.DataFrame) -> Path:
@@ -93,7 +118,6 @@ class MinuteLake:
         table = pa.Table.from_pandas(frame, schema=FILE_SCHEMA, preserve_index=False)
         stored = sorted({d.isoformat() for d in frame["open_time"].dt.floor("D").dt.date})
         table = table.replace_schema_metadata({DAYS_KEY: ",".join(stored).encode()})
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.parquet")
         pq.write_table(table, tmp, compression=COMPRESSION)
         os.replace(tmp, path)

@@ -1,14 +1,17 @@
-"""Data-quality rules for daily bars; each returns the offending rows (empty means it holds)."""
+"""Data-quality rules: for daily bars, each returns the offending rows (empty means it holds);
+for a day of 1-minute bars, whether the source shows the day complete."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from regime_pipeline.core.data.bars import OHLCV_COLUMNS, PRICE_COLUMNS, days_in
+from regime_pipeline.core.data.bars import DAY, MINUTE, OHLCV_COLUMNS, PRICE_COLUMNS, days_in
+
+MINUTES_PER_DAY = 1440
 
 
 def ohlc_inconsistent(bars: pd.DataFrame) -> pd.DataFrame:
@@ -67,3 +70,68 @@ def reconcile(
             rows.append((both["symbol"].iat[i], both["date"].iat[i], field, m[i], k[i], rel[i]))
     columns = ["symbol", "date", "field", "minutes", "klines", "rel_diff"]
     return len(both), pd.DataFrame(rows, columns=columns)
+
+
+def _gap_minutes(day: dt.date, gaps: Sequence[tuple[dt.datetime, dt.datetime]]) -> pd.DatetimeIndex:
+    """The minutes of `day` that lie in one of the exchange's known `gaps` (``[from, to)``, naive UTC)."""
+    lo, hi = pd.Timestamp(day), pd.Timestamp(day) + DAY
+    parts = [
+        pd.date_range(max(lo, pd.Timestamp(a)), min(hi, pd.Timestamp(b)), freq=MINUTE, inclusive="left")
+        for a, b in gaps
+        if pd.Timestamp(a) < hi and lo < pd.Timestamp(b)
+    ]
+    return parts[0].append(parts[1:]) if parts else pd.DatetimeIndex([])
+
+
+def minute_day_problem(
+    day: dt.date,
+    minutes: pd.DataFrame,
+    kline: Mapping[str, float] | None,
+    gaps: Sequence[tuple[dt.datetime, dt.datetime]],
+    *,
+    price_rtol: float,
+    volume_rtol: float,
+) -> str | None:
+    """Why one symbol's 1-minute bars of `day` must not be stored as a complete day; None if they may.
+
+    A day of minutes is complete when the source shows the day closed: its bars cover every
+    minute, or each missing minute lies in a known exchange gap (`gaps`), or the bars add up to
+    the exchange's own daily candle for the day (`kline`: open, high, low, close, volume). Where
+    the kline exists the bars must reproduce it (relative tolerances `price_rtol`, `volume_rtol`),
+    whatever their count: minutes and kline are the same trades.
+
+    :param minutes: ``open_time`` (naive UTC, on the minute grid, unique) and OHLCV, of `day` only
+    """
+    if minutes.empty:
+        return "no bars"
+    times = minutes["open_time"].sort_values()
+    if kline is not None:
+        ordered = minutes.sort_values("open_time")
+        aggregated = {
+            "open": float(ordered["open"].iloc[0]),
+            "high": float(ordered["high"].max()),
+            "low": float(ordered["low"].min()),
+            "close": float(ordered["close"].iloc[-1]),
+            "volume": float(ordered["volume"].sum()),
+        }
+        for field in OHLCV_COLUMNS:
+            expected = float(kline[field])
+            rtol = volume_rtol if field == "volume" else price_rtol
+            if abs(aggregated[field] - expected) > rtol * max(abs(expected), np.finfo(float).tiny):
+                return (
+                    f"{len(minutes)} bars from {times.iloc[0]:%H:%M} to {times.iloc[-1]:%H:%M} add up to "
+                    f"{field} {aggregated[field]!r}, but the exchange's daily kline says {expected!r}: "
+                    "a partial or altered download"
+                )
+        return None
+    if len(minutes) == MINUTES_PER_DAY:
+        return None
+    every = pd.date_range(pd.Timestamp(day), pd.Timestamp(day) + DAY, freq=MINUTE, inclusive="left")
+    missing = every.difference(pd.DatetimeIndex(times)).difference(_gap_minutes(day, gaps))
+    if missing.empty:
+        return None
+    return (
+        f"{len(missing)} of {MINUTES_PER_DAY} minutes missing (first {missing[0]:%H:%M}; bars run "
+        f"{times.iloc[0]:%H:%M}..{times.iloc[-1]:%H:%M}), not a known exchange gap (configs/data.yaml "
+        "known_gaps) and no daily kline to prove the day closed: a partial download"
+    )

@@ -198,7 +198,7 @@ class Ledger:
 
     def book(self) -> tuple[dict[str, float], float]:
         """``(positions, cash)``: base units held per symbol (non-zero only) and USDT cash."""
-        with open_db(self.path) as con:
+        with open_db(self.path, read_only=True) as con:
             deposits = con.execute("SELECT asset, amount FROM deposits ORDER BY seq").fetchall()
             fills = con.execute(
                 "SELECT symbol, side, quantity, quote_qty, fee, fee_asset FROM fills ORDER BY seq, trade_id"
@@ -235,7 +235,7 @@ class Ledger:
     # -- reading ------------------------------------------------------------------------
 
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
-        with open_db(self.path) as con:
+        with open_db(self.path, read_only=True) as con:
             return con.execute(sql, list(params)).df()
 
     @staticmethod
@@ -285,20 +285,20 @@ class Ledger:
 
     def week_close(self, week: dt.date) -> tuple[float, float] | None:
         """``(equity_after, cash_after)`` of a complete `week`, USDT; None if not complete."""
-        with open_db(self.path) as con:
+        with open_db(self.path, read_only=True) as con:
             row = con.execute("SELECT equity_after, cash_after FROM equity WHERE week = ?", [week]).fetchone()
         return None if row is None else (float(row[0]), float(row[1]))
 
     def drawdown_history(self, before: dt.date) -> list[tuple[float, bool]]:
         """``(equity_before, drawdown_stop)`` of every week planned before `before`, oldest first."""
-        with open_db(self.path) as con:
+        with open_db(self.path, read_only=True) as con:
             rows = con.execute(
                 "SELECT equity_before, drawdown_stop FROM plans WHERE week < ? ORDER BY week", [before]
             ).fetchall()
         return [(float(e), bool(s)) for e, s in rows]
 
     def plan(self, week: dt.date) -> StoredPlan | None:
-        with open_db(self.path) as con:
+        with open_db(self.path, read_only=True) as con:
             row = con.execute(
                 "SELECT week, data_through, equity_before, drawdown_stop, details FROM plans WHERE week = ?", [week]
             ).fetchone()
@@ -307,7 +307,7 @@ class Ledger:
         return StoredPlan(row[0], row[1], float(row[2]), bool(row[3]), json.loads(row[4]))
 
     def last_planned_week(self) -> dt.date | None:
-        with open_db(self.path) as con:
+        with open_db(self.path, read_only=True) as con:
             return con.execute("SELECT max(week) FROM plans").fetchone()[0]
 
     def is_complete(self, week: dt.date) -> bool:
@@ -317,7 +317,7 @@ class Ledger:
         """Intents (of `week`, or all) with no recorded outcome, in the order planned."""
         where = "AND i.week = ?" if week is not None else ""
         params = [week] if week is not None else []
-        with open_db(self.path) as con:
+        with open_db(self.path, read_only=True) as con:
             rows = con.execute(
                 "SELECT i.client_order_id, i.week, i.symbol, i.side, i.quantity, i.price FROM order_intents i "
                 f"WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.client_order_id = i.client_order_id) {where} "
@@ -328,7 +328,7 @@ class Ledger:
 
     def outcomes(self, week: dt.date) -> list[OrderOutcome]:
         """The recorded outcomes of `week` with their fills, in the order recorded."""
-        with open_db(self.path) as con:
+        with open_db(self.path, read_only=True) as con:
             orders = con.execute(
                 "SELECT client_order_id, symbol, side, status, requested_qty, filled_qty, avg_price, quote_qty, "
                 "exchange_order_id, reason FROM orders WHERE week = ? ORDER BY seq",

@@ -29,11 +29,13 @@ class MarketDataSource(Protocol):
     def minute_days(
         self, symbol: str, start: dt.date, end: dt.date
     ) -> Iterator[tuple[dt.date, pd.DataFrame]]:
-        """Yield ``(day, minutes)`` for each *complete* UTC day of `symbol` in ``[start, end)``.
+        """Yield ``(day, minutes)`` for each UTC day of `symbol` in ``[start, end)`` the source covers.
 
-        `minutes` has columns ``open_time, open, high, low, close, volume``. A complete day is
-        one the source covers from 00:00 to 24:00 (it may still have gaps the exchange itself
-        had); partial days are never yielded. Days are yielded in order, one at a time, so a
-        caller can store each before the next is fetched.
+        `minutes` has columns ``open_time, open, high, low, close, volume`` and names where it
+        came from in ``attrs["source"]`` (files, endpoint). A covered day is one the source read
+        from 00:00 to 24:00: days cut by the ends of a download are never yielded. Minutes missing
+        inside a covered day are judged before storing
+        (:func:`regime_pipeline.core.data.quality.minute_day_problem`). Days are yielded in order,
+        one at a time, so a caller can store each before the next is fetched.
         """
         ...

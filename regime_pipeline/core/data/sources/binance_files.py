@@ -11,9 +11,15 @@ Two families of file names are recognised, anywhere under the folder:
   ``[open_time_ms, open, high, low, close, volume]``) and ``<BASE>_<QUOTE>-<1m|1d>.feather``
   (columns ``date`` as tz-aware UTC datetimes, ``open, high, low, close, volume``).
 
-Other files are ignored. Prices are in the quote currency, volume in base-asset units, times
-are candle open times in UTC. Errors name the file, the 1-based row (CSV line number with any
-header counted; record index + 1 for JSON and feather) and the field.
+A file named like these but for another interval (``5m``, ``1h``, ...) is not read and is
+reported as a warning naming it; other files (README, ``.CHECKSUM``) are ignored. Prices are in
+the quote currency, volume in base-asset units, times are candle open times in UTC. Errors name
+the file, the 1-based row (CSV line number with any header counted; record index + 1 for JSON
+and feather) and the field.
+
+A file vouches only for the bars it holds: an empty file is an error, a bulk file whose bars stop
+before the end of the period its name declares is reported, and a freqtrade file's last candle
+is used only if it had closed when the file was written (its modification time).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import re
 import struct
 import zipfile
@@ -30,15 +37,16 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from regime_pipeline.configs import universe
+from regime_pipeline.core.data import intervals
 from regime_pipeline.core.data.bars import (
     DAILY_KLINE_COLUMNS,
     DAY,
-    MINUTE,
     OHLCV_COLUMNS,
     complete_days,
     epoch_to_timestamp,
@@ -62,13 +70,15 @@ KLINE_CSV_COLUMNS = [
     "ignore",
 ]
 FREQTRADE_JSON_COLUMNS = ["open_time", *OHLCV_COLUMNS]
-INTERVALS: dict[str, pd.Timedelta] = {"1m": MINUTE, "1d": DAY}
 
 _ROW = "_row"
+# Any interval-like part is matched, so that a file of an interval the pipeline does not read is
+# reported rather than passed over (see core/data/intervals.py).
+_INTERVAL = r"(?P<interval>\d+(?:mo|[smhdwM]))"
 _BULK_NAME = re.compile(
-    r"(?P<symbol>[A-Z0-9]+)-(?P<interval>1m|1d)-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.(?P<ext>csv|zip)"
+    rf"(?P<symbol>[A-Z0-9]+)-{_INTERVAL}-(?P<period>\d{{4}}-\d{{2}}(?:-\d{{2}})?)\.(?P<ext>csv|zip)"
 )
-_FREQTRADE_NAME = re.compile(r"(?P<base>[A-Z0-9]+)_(?P<quote>[A-Z0-9]+)-(?P<interval>1m|1d)\.(?P<ext>json|feather)")
+_FREQTRADE_NAME = re.compile(rf"(?P<base>[A-Z0-9]+)_(?P<quote>[A-Z0-9]+)-{_INTERVAL}\.(?P<ext>json|feather)")
 # A header is a line of 12 column names; anything else is data and must parse as numbers.
 _HEADER_FIELD = re.compile(r"[A-Za-z_ ]+")
 # Parsed 1-minute files are large (a month is ~45k rows); keep only the few a sequential
@@ -87,7 +97,7 @@ class DataFile:
     path: Path
     family: str  # "binance" or "freqtrade"
     symbol: str
-    interval: str  # "1m" or "1d"
+    interval: str  # as the name spells it; only "1m" and "1d" files are read
     period_from: pd.Timestamp | None = None
     period_to: pd.Timestamp | None = None
 
@@ -104,14 +114,13 @@ class ParsedFile:
 
     `frame` has columns ``open_time`` (naive UTC ``datetime64[ms]``), OHLCV as float64 and
     ``_row`` (1-based row in the file), sorted by ``open_time``. ``covered_from``/``covered_to``
-    is the half-open span in which every bar the exchange made is present; None when an
-    undeclared (freqtrade) file is empty.
+    is the half-open span the file was meant to hold (see :func:`parse_file`).
     """
 
     file: DataFile
     frame: pd.DataFrame
-    covered_from: pd.Timestamp | None
-    covered_to: pd.Timestamp | None
+    covered_from: pd.Timestamp
+    covered_to: pd.Timestamp
 
 
 # --------------------------------------------------------------------------- file names
@@ -132,17 +141,23 @@ def declared_period(period: str, source: str) -> tuple[pd.Timestamp, pd.Timestam
 def classify(path: Path, symbols: Sequence[str]) -> DataFile | None:
     """Recognise a data file by its name; None for any other file (README, .CHECKSUM, ...).
 
-    Raises :class:`DataError` naming the file if it fits a family but its symbol is not one of
-    `symbols`, since silently skipping it would hide data the user meant to load.
+    A file of an interval the pipeline does not read is returned as well (its `interval` says
+    so); the caller reports it. Raises :class:`DataError` naming the file if a file of a read
+    interval is for a symbol not in `symbols`, since silently skipping it would hide data the
+    user meant to load.
     """
     source = str(path)
     if match := _BULK_NAME.fullmatch(path.name):
         symbol, interval = match["symbol"], match["interval"]
+        if intervals.unused_reason(interval) is not None:
+            return DataFile(path, "binance", symbol, interval)
         period_from, period_to = declared_period(match["period"], source)
         found = DataFile(path, "binance", symbol, interval, period_from, period_to)
     elif match := _FREQTRADE_NAME.fullmatch(path.name):
         symbol, interval = match["base"] + match["quote"], match["interval"]
         found = DataFile(path, "freqtrade", symbol, interval)
+        if intervals.unused_reason(interval) is not None:
+            return found
     else:
         return None
     if symbol not in symbols:
@@ -248,26 +263,26 @@ def split_csv_lines(text: str, source: str) -> tuple[list[str], int]:
     return lines, first_line
 
 
-def finish_frame(raw: pd.DataFrame, file: DataFile) -> pd.DataFrame:
+def finish_frame(raw: pd.DataFrame, file: DataFile, time_field: str = "open_time") -> pd.DataFrame:
     """Decode ``open_time`` and OHLCV of `raw` (keeping ``_row``), check them and sort by time.
 
     Checks that each bar opens on its interval's boundary and, for a file whose name declares a
     period, inside that period: a row outside it means a wrong timestamp unit or a misnamed file.
+    `time_field` is what the file calls the open time, for error messages.
     """
     source = str(file.path)
     rows = raw[_ROW].to_numpy()
     frame = raw[[_ROW, "open_time", *OHLCV_COLUMNS]].copy()
-    frame["open_time"] = epoch_to_timestamp(raw["open_time"], source, "open_time", rows)
+    frame["open_time"] = epoch_to_timestamp(raw["open_time"], source, time_field, rows)
     frame = to_numeric(frame, OHLCV_COLUMNS, source)
-    step = INTERVALS[file.interval]
-    off_grid = (frame["open_time"] != frame["open_time"].dt.floor(step)).to_numpy()
+    off_grid = intervals.off_grid(frame["open_time"], file.interval)
     if off_grid.any():
         i = int(np.flatnonzero(off_grid)[0])
         raise DataError(
             source,
-            f"open_time {frame['open_time'].iloc[i]} is not on a {file.interval} boundary",
+            f"{time_field} {frame['open_time'].iloc[i]} is not on a {file.interval} boundary",
             row=int(rows[i]),
-            field="open_time",
+            field=time_field,
         )
     if file.period_from is not None and file.period_to is not None:
         outside = ((frame["open_time"] < file.period_from) | (frame["open_time"] >= file.period_to)).to_numpy()
@@ -293,17 +308,16 @@ def parse_bulk(file: DataFile) -> pd.DataFrame:
     source = str(file.path)
     lines, first_line = split_csv_lines(read_bulk_text(file.path), source)
     if not lines:
-        raw = pd.DataFrame({c: pd.Series(dtype=object) for c in KLINE_CSV_COLUMNS[:6]})
-    else:
-        raw = pd.read_csv(
-            io.StringIO("\n".join(lines)),
-            header=None,
-            names=KLINE_CSV_COLUMNS,
-            usecols=range(6),
-            dtype=str,
-            keep_default_na=False,
-            na_filter=False,
-        )
+        raise DataError(source, "no bars: the file is empty (an interrupted download?)")
+    raw = pd.read_csv(
+        io.StringIO("\n".join(lines)),
+        header=None,
+        names=KLINE_CSV_COLUMNS,
+        usecols=range(6),
+        dtype=str,
+        keep_default_na=False,
+        na_filter=False,
+    )
     raw[_ROW] = np.arange(first_line, first_line + len(raw))
     return finish_frame(raw, file)
 
@@ -351,8 +365,15 @@ def parse_freqtrade_feather(file: DataFile) -> pd.DataFrame:
         if dates.isna().any():
             i = int(np.flatnonzero(dates.isna().to_numpy())[0])
             raise DataError(source, "missing date", row=int(rows[i]), field="date")
-        # Back to epoch milliseconds so the same 2017..2100 range check applies as for the other files.
-        epoch = dates.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ms]").astype("int64")
+        # Back to epoch microseconds so the same 2017..2100 range check, and the refusal of a
+        # fraction of a millisecond, apply as for the other files; a finer part is refused here.
+        nanos = dates.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]").astype("int64")
+        finer = (nanos % 1000 != 0).to_numpy()
+        if finer.any():
+            i = int(np.flatnonzero(finer)[0])
+            message = f"date {dates.iloc[i]} is not a whole millisecond: off the bar grid"
+            raise DataError(source, message, row=int(rows[i]), field="date")
+        epoch = nanos // 1000
     elif pd.api.types.is_datetime64_dtype(dates):
         raise DataError(source, "date has no time zone; freqtrade writes UTC-aware dates", field="date")
     else:
@@ -360,19 +381,50 @@ def parse_freqtrade_feather(file: DataFile) -> pd.DataFrame:
     raw = table[OHLCV_COLUMNS].copy()
     raw["open_time"] = epoch.to_numpy()
     raw[_ROW] = rows
-    return finish_frame(raw, file)
+    return finish_frame(raw, file, time_field="date")
 
 
-def parse_file(file: DataFile) -> ParsedFile:
-    """Parse and validate one file and work out the span it covers."""
+def written_at(path: Path) -> pd.Timestamp:
+    """When `path` was last written (its modification time), naive UTC."""
+    return pd.Timestamp(path.stat().st_mtime, unit="s")
+
+
+def parse_file(file: DataFile, log: Any | None = None) -> ParsedFile:
+    """Parse and validate one file and work out the span it covers.
+
+    A bulk file covers the period its name declares; bars missing inside it are judged day by
+    day when they are stored, and bars that stop before the period's end are reported to `log`.
+    A freqtrade file covers its first bar to the end of its last closed one: its last candle is
+    dropped, with a warning, if it had not closed when the file was written (a download taken
+    while that candle was still open holds its partial values).
+
+    :raises DataError: naming the file, for a file without bars
+    """
+    log = log if log is not None else logging.getLogger(__name__)
+    step = intervals.step(file.interval)
     if file.family == "binance":
         frame = parse_bulk(file)
+        assert file.period_from is not None and file.period_to is not None
+        last = frame["open_time"].iloc[-1]
+        if last + step < file.period_to:
+            log.warning(
+                f"{file.path}: bars stop at {last} (open time), before the end of the period its name declares "
+                f"({file.period_to - step}); the days after it are not in the file"
+            )
         return ParsedFile(file, frame, file.period_from, file.period_to)
     frame = parse_freqtrade_json(file) if file.path.suffix == ".json" else parse_freqtrade_feather(file)
     if frame.empty:
-        return ParsedFile(file, frame, None, None)
-    # A freqtrade file holds one continuous download: it vouches from its first bar to the end of its last.
-    step = INTERVALS[file.interval]
+        raise DataError(str(file.path), "no bars: the file holds no candle (an interrupted download?)")
+    written = written_at(file.path)
+    last = frame["open_time"].iloc[-1]
+    if last + step > written:
+        log.warning(
+            f"{file.path}: last candle {last} not used: it closes at {last + step}, after the file was "
+            f"written ({written:%Y-%m-%d %H:%M:%S} UTC), so it holds partial values"
+        )
+        frame = frame.iloc[:-1]
+        if frame.empty:
+            raise DataError(str(file.path), "no closed candle: its one candle was still open when the file was written")
     return ParsedFile(file, frame, frame["open_time"].iloc[0], frame["open_time"].iloc[-1] + step)
 
 
@@ -447,13 +499,15 @@ class BinanceFilesSource:
 
     :param folder: where the files are
     :param symbols: the symbols files may be for; defaults to ``configs/universe.yaml``
+    :param log: receives a warning for each file that is not used, or not used whole
     """
 
     name = "binance_files"
 
-    def __init__(self, folder: str | Path, symbols: Sequence[str] | None = None) -> None:
+    def __init__(self, folder: str | Path, symbols: Sequence[str] | None = None, log: Any | None = None) -> None:
         self.folder = Path(folder)
         self.symbols = list(universe().symbols if symbols is None else symbols)
+        self.log = log if log is not None else logging.getLogger(__name__)
         self._files: dict[tuple[str, str], list[DataFile]] | None = None
         self._daily_cache: dict[Path, ParsedFile] = {}
         self._minute_cache: OrderedDict[Path, ParsedFile] = OrderedDict()
@@ -469,8 +523,12 @@ class BinanceFilesSource:
             raise DataError(str(self.folder), "not a folder")
         index: dict[tuple[str, str], list[DataFile]] = {}
         for path in sorted(self.folder.rglob("*")):
-            if path.is_file() and (found := classify(path, self.symbols)) is not None:
-                index.setdefault((found.symbol, found.interval), []).append(found)
+            if not path.is_file() or (found := classify(path, self.symbols)) is None:
+                continue
+            if (reason := intervals.unused_reason(found.interval)) is not None:
+                self.log.warning(f"{path}: not used: {reason}")
+                continue
+            index.setdefault((found.symbol, found.interval), []).append(found)
         epoch = pd.Timestamp(0)
         for files in index.values():
             files.sort(key=lambda f: (f.period_from if f.period_from is not None else epoch, str(f.path)))
@@ -479,13 +537,13 @@ class BinanceFilesSource:
     def _parsed(self, file: DataFile) -> ParsedFile:
         if file.interval == "1d":
             if file.path not in self._daily_cache:
-                self._daily_cache[file.path] = parse_file(file)
+                self._daily_cache[file.path] = parse_file(file, self.log)
             return self._daily_cache[file.path]
         cache = self._minute_cache
         if file.path in cache:
             cache.move_to_end(file.path)
         else:
-            cache[file.path] = parse_file(file)
+            cache[file.path] = parse_file(file, self.log)
             while len(cache) > _MINUTE_CACHE_FILES:
                 cache.popitem(last=False)
         return cache[file.path]
@@ -514,12 +572,14 @@ class BinanceFilesSource:
         """Yield ``(day, minutes)`` for each complete UTC day of `symbol` in ``[start, end)``.
 
         `minutes` has columns ``open_time`` (naive UTC ``datetime64[ms]``) and float64 OHLCV,
-        volume in base-asset units. A day is complete when the files' covered spans (a bulk
-        file's declared day or month, a freqtrade file's first to last bar) contain all of it;
-        it may still have gaps the exchange itself had. Files are read one day at a time.
+        volume in base-asset units; ``attrs["source"]`` names the files it came from. A day is
+        yielded when the files' covered spans (a bulk file's declared day or month, a freqtrade
+        file's first to last closed bar) contain all of it; whether its bars are all of the day
+        is judged before it is stored (:func:`regime_pipeline.core.data.quality.minute_day_problem`).
+        Files are read one day at a time.
         """
         lo, hi = pd.Timestamp(start), pd.Timestamp(end)
-        file_spans = [(f, span) for f in self.files(symbol, "1m") if f.may_overlap(lo, hi) and (span := self._span(f))]
+        file_spans = [(f, self._span(f)) for f in self.files(symbol, "1m") if f.may_overlap(lo, hi)]
         for span_from, span_to in union_spans([span for _, span in file_spans]):
             covered_from, covered_to = max(span_from, lo), min(span_to, hi)
             day = covered_from.ceil("D")
@@ -529,14 +589,13 @@ class BinanceFilesSource:
                     if file_from < day + DAY and day < file_to:
                         parsed = self._parsed(file)
                         parts.append((parsed, rows_between(parsed, day, day + DAY)))
-                yield from complete_days(merge_files(parts), covered_from, covered_to)
+                names = ", ".join(str(p.file.path) for p, rows in parts if not rows.empty)
+                yield from complete_days(merge_files(parts), covered_from, covered_to, names)
                 day += DAY
 
-    def _span(self, file: DataFile) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    def _span(self, file: DataFile) -> tuple[pd.Timestamp, pd.Timestamp]:
         """The span a 1-minute file covers: declared by a bulk file's name, read from a freqtrade file."""
         if file.period_from is not None and file.period_to is not None:
             return file.period_from, file.period_to
         parsed = self._parsed(file)
-        if parsed.covered_from is None or parsed.covered_to is None:
-            return None
         return parsed.covered_from, parsed.covered_to

@@ -278,7 +278,8 @@ class CcxtSource:
         for fetched_to, page in self._pages(symbol, "1m", window_start, window_end):
             if not page.empty:
                 pending = page if pending.empty else pd.concat([pending, page], ignore_index=True)
-            for day, minutes in complete_days(pending, window_start, fetched_to):
+            origin = f"{KLINES_ENDPOINT} symbol={symbol} interval=1m"
+            for day, minutes in complete_days(pending, window_start, fetched_to, origin):
                 self.log.info(f"{symbol} {day}: {len(minutes)} bars")
                 yield day, minutes
             if not pending.empty:

@@ -6,9 +6,12 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from regime_pipeline.core.data import intervals
 from regime_pipeline.core.data.bars import DAILY_KLINE_COLUMNS, MINUTE, MINUTE_COLUMNS, complete_days, validate_ohlcv
+from regime_pipeline.core.errors import DataError
 
 
 class EmbeddedSource:
@@ -35,9 +38,16 @@ class EmbeddedSource:
 
     def _load_minutes(self) -> pd.DataFrame:
         if self._minutes is None:
+            source = str(self.minute_bars_path)
             frame = pd.read_parquet(self.minute_bars_path)[MINUTE_COLUMNS]
-            frame["open_time"] = frame["open_time"].astype("datetime64[ms]")
-            self._minutes = validate_ohlcv(frame, str(self.minute_bars_path), "open_time")
+            stamps = frame["open_time"].astype("datetime64[ns]")
+            off_grid = intervals.off_grid(stamps, "1m")
+            if off_grid.any():
+                i = int(np.flatnonzero(off_grid)[0])
+                message = f"open_time {stamps.iloc[i]} is not on a 1m boundary"
+                raise DataError(source, message, row=i + 1, field="open_time")
+            frame["open_time"] = stamps.astype("datetime64[ms]")
+            self._minutes = validate_ohlcv(frame, source, "open_time")
         return self._minutes
 
     def daily_klines(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame:
@@ -54,4 +64,4 @@ class EmbeddedSource:
         covered_from = own["open_time"].iloc[0]
         covered_to = own["open_time"].iloc[-1] + MINUTE
         window = own[(own["open_time"] >= pd.Timestamp(start)) & (own["open_time"] < pd.Timestamp(end))]
-        yield from complete_days(window, covered_from, covered_to)
+        yield from complete_days(window, covered_from, covered_to, str(self.minute_bars_path))

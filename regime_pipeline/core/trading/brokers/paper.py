@@ -107,11 +107,11 @@ class PaperBroker:
             return outcome
 
     def lookup(self, order: OrderRequest) -> OrderOutcome | None:
-        with open_db(self.path) as con:
+        with open_db(self.path, read_only=True) as con:
             return self._find(con, order.client_order_id)
 
     def balances(self) -> dict[str, float]:
-        with open_db(self.path) as con:
+        with open_db(self.path, read_only=True) as con:
             rows = con.execute("SELECT asset, amount FROM paper_account ORDER BY asset").fetchall()
         return {asset: amount for asset, amount in rows if amount != 0}
 
