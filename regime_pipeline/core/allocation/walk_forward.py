@@ -34,6 +34,8 @@ class WalkForwardSettings:
 
     probability_origins: tuple[int, ...]
     policy_origins: tuple[int, ...]
+    target: str  # the walk-forward probabilities' target the policies observe and the rules read
+    ppo_profile: str  # configs/ppo.yaml profile of the walk-forward policies unless a run says otherwise
 
     @classmethod
     def from_config(cls) -> WalkForwardSettings:
@@ -42,14 +44,19 @@ class WalkForwardSettings:
 
 @cache
 def _configured() -> WalkForwardSettings:
-    probability = tuple(walk_forward()["origins"])
-    policy = tuple(int(y) for y in load_yaml("allocation")["walk_forward"]["policy_origins"])
+    regimes = walk_forward()
+    probability = tuple(regimes["origins"])
+    raw = load_yaml("allocation")["walk_forward"]
+    policy = tuple(int(y) for y in raw["policy_origins"])
+    if raw["target"] not in regimes["targets"]:
+        raise ValueError(f"configs/allocation.yaml walk_forward.target {raw['target']!r} is not a target of "
+                         f"configs/walk_forward.yaml ({', '.join(regimes['targets'])})")
     unknown = [y for y in policy if y not in probability or y - 2 < probability[0]]
     if unknown:
         raise ValueError(f"configs/allocation.yaml walk_forward.policy_origins {unknown}: a policy origin must be a "
                          f"probability origin (configs/walk_forward.yaml {list(probability)}) with a training year of "
                          "probabilities before its selection year")
-    return WalkForwardSettings(probability, policy)
+    return WalkForwardSettings(probability, policy, str(raw["target"]), str(raw["ppo_profile"]))
 
 
 @dataclass(frozen=True)
