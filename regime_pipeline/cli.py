@@ -24,7 +24,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start, splits
 from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.core.features import vol_forecasts
-from regime_pipeline.partitions import ORIGIN_NAMES, SPLIT_NAMES
+from regime_pipeline.partitions import ORIGIN_NAMES, POLICY_ORIGIN_NAMES, SPLIT_NAMES
 from regime_pipeline.recovery import SayLog, free_dead_runs, stop_on_signals
 from regime_pipeline.resources import default_data_dir
 from regime_pipeline.resources.warehouse import read_table
@@ -35,7 +35,8 @@ class Stage:
     name: str
     assets: tuple[str, ...]
     partitions: str  # "daily" (the run's date range), "split" (each split), "weekly", "origins" (every
-    # walk-forward origin in one run), "origin" (one run per origin), or "none"
+    # walk-forward origin in one run), "origin" (one run per origin), "policy_origin" (one run per
+    # walk-forward policy origin), or "none"
 
 
 STAGES = (
@@ -56,6 +57,9 @@ STAGES = (
     Stage("walk_forward_reports", ("walk_forward_reports",), "origin"),
     Stage("policy", ("ppo_policy",), "none"),
     Stage("backtest", ("allocation_backtest",), "split"),
+    Stage("walk_forward_policy", ("walk_forward_policy",), "policy_origin"),
+    Stage("walk_forward_backtest", ("walk_forward_backtest",), "policy_origin"),
+    Stage("walk_forward_allocation", ("walk_forward_allocation",), "none"),
     Stage("rebalance", ("weekly_rebalance",), "weekly"),
 )
 
@@ -110,6 +114,8 @@ def run_stage(
                  {"tags": {ASSET_PARTITION_RANGE_START_TAG: ORIGIN_NAMES[0], ASSET_PARTITION_RANGE_END_TAG: ORIGIN_NAMES[-1]}})]
     elif stage.partitions == "origin":
         runs = [(f"origin {origin}", {"partition_key": origin}) for origin in ORIGIN_NAMES]
+    elif stage.partitions == "policy_origin":
+        runs = [(f"origin {origin}", {"partition_key": origin}) for origin in POLICY_ORIGIN_NAMES]
     else:
         runs = [("", {})]
     for label, kwargs in runs:
@@ -176,6 +182,8 @@ def summarize(data_dir: str, upto: str) -> str:
         out += ["\nAllocation backtests (weekly, net of 15 bps per side, 365-day annualisation; Sharpe difference "
                 "to equal weight with its 95% bootstrap interval; full tables in data/reports/allocation_<split>.md):",
                 table[columns].to_string(index=False, float_format="{:.4f}".format)]
+    if names.index(upto) >= names.index("walk_forward_allocation"):
+        out.append(walk_forward_allocation_summary(database))
     if names.index(upto) >= names.index("rebalance"):
         out += ["", (Path(data_dir) / "reports" / "weekly_rebalance.md").read_text()]
     return "\n".join(out)
@@ -192,6 +200,18 @@ def walk_forward_summary(data_dir: str) -> str:
     return ("\nWalk-forward (origin Y: fitted before Y - 1, early-stopped on Y - 1, scored on Y; balanced accuracy,"
             " lift over the best baseline with a 90% block-bootstrap interval):\n"
             + table.to_string(index=False, float_format="{:.3f}".format))
+
+
+def walk_forward_allocation_summary(database: str) -> str:
+    """Per policy origin and pooled: each strategy's Sharpe difference to equal weight and BTC."""
+    table = read_table(database, "walk_forward_allocation")
+    table = table.loc[~table["strategy"].str.startswith("ppo_seeds_")]
+    columns = ["origin", "strategy", "total_return", "sharpe", "max_drawdown", "annual_turnover", "sharpe_vs_ew",
+               "sharpe_vs_ew_low", "sharpe_vs_ew_high", "sharpe_vs_btc", "sharpe_vs_btc_low", "sharpe_vs_btc_high"]
+    return ("\nWalk-forward allocation (origin Y: policy trained before Y - 1 on out-of-sample probabilities, "
+            "selected on Y - 1, every strategy scored on Y from cash; net of costs; Sharpe differences with 95% "
+            "bootstrap intervals; data/reports/walk_forward_allocation.md):\n"
+            + table[columns].to_string(index=False, float_format="{:.3f}".format))
 
 
 def forecast_summary(data_dir: str) -> str:
@@ -221,6 +241,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     last = dt.date.fromisoformat(args.end)
     names = [s.name for s in STAGES]
     run_config = {"ppo_policy": {"config": {"profile": args.ppo_profile}}}
+    if args.walk_forward_ppo_profile:
+        run_config["walk_forward_policy"] = {"config": {"profile": args.walk_forward_ppo_profile}}
     # Ctrl-C and SIGTERM stop the command; runs whose process died are failed and their pool slots freed.
     with stop_on_signals(instance, _say):
         for stage in STAGES[names.index(args.from_stage) : names.index(args.until) + 1]:
@@ -252,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
                      help="detector profile of the walk-forward (default: configs/walk_forward.yaml's, light)")
     run.add_argument("--ppo-profile", default="default", help="PPO training profile in configs/ppo.yaml "
                      "(default; full: longer training, the published figures)")
+    run.add_argument("--walk-forward-ppo-profile", help="PPO training profile of the walk-forward policies in "
+                     "configs/ppo.yaml (default: configs/allocation.yaml's, light; `default`: the README's table)")
     run.set_defaults(func=cmd_run)
     recover = sub.add_parser("recover", help="after a crash: fail the runs whose process died, free their pool slots")
     recover.set_defaults(func=cmd_recover)

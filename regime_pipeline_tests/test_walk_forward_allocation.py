@@ -1,9 +1,11 @@
 """Walk-forward allocation: origin windows, stitching the out-of-sample probabilities, the
 lineage each origin may read, and the per-origin assets materialized in-process (fast profile)
-against a stand-in for `walk_forward_probabilities`.
+on a stored stand-in for `walk_forward_probabilities`.
 
-The stand-in is the synthetic detector output relabelled by year (origin Y = the days of Y): it
-has the real table's shape, not its meaning, and no figure from it is a result."""
+The stand-in is synthetic detector output relabelled by year (origin Y = the days of Y), once per
+target (`forward`, `same_day`, different numbers): it has the real table's shape, not its
+meaning, and no figure from it is a result. The real assets are checked by
+test_walk_forward_allocation_real.py on the pipeline's own data."""
 
 from __future__ import annotations
 
@@ -28,10 +30,15 @@ D = dt.date
 FAST = {"ops": {"walk_forward_policy": {"config": {"profile": "fast"}}}}
 
 
-def _stand_in() -> pd.DataFrame:
-    frame = synthetic_probabilities(classes=(4, 4, 3))
+def _stand_in(seed: int = 0) -> pd.DataFrame:
+    frame = synthetic_probabilities(seed=seed, classes=(4, 4, 3))
     frame = frame.loc[pd.to_datetime(frame["date"]).dt.year >= 2020]
     return frame.assign(origin=pd.to_datetime(frame["date"]).dt.year.astype(str)).reset_index(drop=True)
+
+
+def _stand_in_targets() -> pd.DataFrame:
+    """Both targets, as the real table holds them: forward from seed 0, same_day from seed 1."""
+    return pd.concat([_stand_in(0).assign(target="forward"), _stand_in(1).assign(target="same_day")], ignore_index=True)
 
 
 def test_origin_windows_train_before_the_selection_year_and_score_the_origin_year() -> None:
@@ -91,8 +98,8 @@ def materialized(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")
     database = str(data_dir / "warehouse.duckdb")
     write_table(database, "daily_bars", embedded_daily_bars())
-    write_table(database, "walk_forward_probabilities", _stand_in())  # read in place of the asset's own output
-    everything = [*all_assets, *assets.walk_forward_assets]
+    write_table(database, "walk_forward_probabilities", _stand_in_targets())  # read in place of the asset's own output
+    everything = all_assets
     resources = build_resources(str(data_dir))
     jobs: list[ppo.TrainingJob] = []
     train_seeds = ppo.train_seeds
@@ -121,6 +128,11 @@ def test_a_policy_trains_on_no_day_of_its_selection_or_origin_year(materialized)
         assert dates[rows].min() == D(2020, 1, 1)  # out-of-sample probabilities only: none before 2020
         assert job.train == (D(2020, 1, 2), D(2022, 12, 31))
         assert job.val_data.prices.dates[-1] == D(2023, 12, 31) and job.val == (D(2023, 1, 1), D(2023, 12, 31))
+    # It observes the configured target's probabilities (forward), not the other target's.
+    assert walk_forward.WalkForwardSettings.from_config().target == "forward"
+    forward = allocation.allocation_data(embedded_daily_bars(), walk_forward.stitch(_stand_in(0)))
+    t = forward.index(D(2022, 12, 31))
+    np.testing.assert_array_equal(jobs[0].train_data.probs, forward.probs[: t + 1])
     artifact = json.loads((data_dir / "models" / "walk_forward_policy" / "2024.json").read_text())
     assert artifact["origin"] == 2024 and artifact["policy"]["kind"] == "ensemble"
     assert artifact["train"] == ["2020-01-02", "2022-12-31"] and artifact["val"] == ["2023-01-01", "2023-12-31"]

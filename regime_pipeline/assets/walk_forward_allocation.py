@@ -4,9 +4,10 @@ origin year beside the benchmarks and the regime rules; then every origin and al
 in one table with bootstrap intervals.
 
 Reads `walk_forward_probabilities` (ORIGIN-partitioned, from the regime walk-forward): rows like
-`regime_probabilities` plus ``origin``, origin Y holding the days of Y, each from detectors that
-never saw it. The lineage says what each origin may read: the policy of origin Y depends on the
-probability origins before Y, its backtest on those up to Y.
+`regime_probabilities` plus ``origin`` and ``target``, origin Y holding the days of Y, each from
+detectors that never saw it; the policies observe and the rules read the target of
+configs/allocation.yaml (`forward`). The lineage says what each origin may read: the policy of
+origin Y depends on the probability origins before Y, its backtest on those up to Y.
 """
 
 import datetime as dt
@@ -15,7 +16,6 @@ import dagster as dg
 import pandas as pd
 
 from regime_pipeline.assets.allocation import (
-    PolicyConfig,
     comparison_note,
     comparison_results,
     describe_comparison,
@@ -45,9 +45,16 @@ def origins_mapping(include_own: bool) -> dg.StaticPartitionMapping:
     return dg.StaticPartitionMapping(mapping)
 
 
+class WalkForwardPolicyConfig(dg.Config):
+    profile: str = ""
+    """Training profile in configs/ppo.yaml; empty: configs/allocation.yaml `walk_forward.ppo_profile`
+    (`light`); `default` trains with the fixed split's budget, `fast` for a quick check."""
+
+
 def _data(daily_bars: pd.DataFrame, probabilities: pd.DataFrame, before: int) -> tuple[allocation.AllocationData, dt.date]:
-    """Allocation inputs from the origins before `before`, and the first day with probabilities."""
-    stitched = walk_forward.stitch(probabilities, before=before)
+    """Allocation inputs from the origins before `before` (the configured target's probabilities),
+    and the first day with probabilities."""
+    stitched = walk_forward.stitch(probabilities, target=walk_forward.WalkForwardSettings.from_config().target, before=before)
     return allocation.allocation_data(daily_bars, stitched), walk_forward.first_day(stitched)
 
 
@@ -60,19 +67,21 @@ def _data(daily_bars: pd.DataFrame, probabilities: pd.DataFrame, before: int) ->
     kinds={"pytorch"},
 )
 def walk_forward_policy(
-    context: dg.AssetExecutionContext, config: PolicyConfig, storage: ProjectStorage,
+    context: dg.AssetExecutionContext, config: WalkForwardPolicyConfig, storage: ProjectStorage,
     daily_bars: pd.DataFrame, walk_forward_probabilities: pd.DataFrame,
 ) -> dg.Output[dict]:
     """The PPO ensemble of origin Y: every seed trained on the days before Y - 1 that have
-    out-of-sample probabilities, early-stopped on a smoothed curve over Y - 1, deployed as the
-    mean of all seeds' target weights; it never reads a day of Y."""
+    out-of-sample probabilities (the configured target's), early-stopped on a smoothed curve
+    over Y - 1, deployed as the mean of all seeds' target weights; it never reads a day of Y."""
     origin = int(context.partition_key)
+    settings = walk_forward.WalkForwardSettings.from_config()
+    profile = config.profile or settings.ppo_profile
     data, first = _data(daily_bars, walk_forward_probabilities, before=origin)
     windows = walk_forward.origin_windows(origin, first)
-    artifact, metadata = train_ensemble(context, storage, data, windows.train, windows.select, config.profile,
+    artifact, metadata = train_ensemble(context, storage, data, windows.train, windows.select, profile,
                                         f"walk_forward_policy/{origin}")
-    artifact.update({"origin": origin, "windows": windows.as_dict()})
-    metadata.update({"origin": origin, "windows": dg.MetadataValue.json(windows.as_dict())})
+    artifact.update({"origin": origin, "windows": windows.as_dict(), "target": settings.target})
+    metadata.update({"origin": origin, "windows": dg.MetadataValue.json(windows.as_dict()), "target": settings.target})
     return dg.Output(artifact, metadata=metadata)
 
 
@@ -185,5 +194,3 @@ def walk_forward_allocation(
         "report": dg.MetadataValue.path(str(report)),
     })
 
-
-walk_forward_assets = [walk_forward_policy, walk_forward_backtest, walk_forward_allocation]
