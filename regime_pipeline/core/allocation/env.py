@@ -305,7 +305,9 @@ class AllocationEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start all in cash with value 1.0 at the close of the episode's first decision day.
-        ``options={"start": k}`` fixes the first decision index."""
+        ``options={"start": k}`` fixes the first decision index; ``options={"weights": w}``
+        starts from the (N + 1,) weights `w` held at that close instead of cash (a book that
+        continues from positions it holds; its return and volatility history start empty)."""
         super().reset(seed=seed)
         k_total = self.decision_days.size
         length = k_total if self.episode_weeks is None else min(self.episode_weeks, k_total)
@@ -321,11 +323,22 @@ class AllocationEnv(gymnasium.Env):
         self._stop = min(start + length, k_total)
         self._units = np.zeros(self.n_assets)
         self._cash = 1.0
+        day = int(self.decision_days[start])
+        if options and options.get("weights") is not None:
+            held = np.asarray(options["weights"], dtype="float64").reshape(-1)
+            n = self.n_assets
+            listed = self._listed_days[day] > 0
+            if (held.shape != (n + 1,) or not np.isfinite(held).all() or (held < -1e-9).any()
+                    or abs(held.sum() - 1.0) > 1e-6 or (held[:n][~listed] > 0).any()):
+                raise ValueError(f"start weights must be {n + 1} long-only weights summing to 1 with nothing on an "
+                                 f"asset without a close on the start day, got {held}")
+            held = np.clip(held, 0.0, None) / np.clip(held, 0.0, None).sum()
+            self._units = np.where(listed, held[:n] / np.where(listed, self._close0[day], 1.0), 0.0)
+            self._cash = float(held[n])
         self._value = 1.0
         self._peak = 1.0
         self._last_return = 0.0
         self._recent.clear()
-        day = int(self.decision_days[start])
         return self._observation(day), {"start": start, "day": day}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:

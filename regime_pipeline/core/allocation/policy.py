@@ -302,32 +302,49 @@ def mean_reward(policy: Policy, data: AllocationData, start: dt.date, end: dt.da
     return total / steps
 
 
+@dataclass(frozen=True)
+class BookStart:
+    """What a model book starts from at the close before its first trade, when it does not
+    start from cash: a book that continues an account's positions under a new policy.
+
+    :ivar weights: (N + 1,) weights held at that close, cash last (value 1.0)
+    :ivar marks: the drawdown stop's earlier weekly marks ``(equity before trading, stopped)``,
+        oldest first, in units of the value at that close: the stop's state carries over
+    """
+
+    weights: np.ndarray
+    marks: tuple[tuple[float, bool], ...] = ()
+
+
 def backtest_policy(
     policy: Policy, data: AllocationData, start: dt.date, end: dt.date, limits: RiskLimits | None = None,
+    book: BookStart | None = None,
 ) -> Result:
     """The policy's weekly run over ``start..end`` through :func:`portfolio.simulate`, the same
     accounting and costs as the benchmarks (:func:`strategies.run_strategy`): row 0 is the day
-    before `start`. With `limits`, every target goes through the risk limits first, as the
-    weekly rebalance applies them (:func:`risk.apply_limits` against the book at the trade's
-    open, the drawdown stop on the weekly marks before trading), and the policy observes the
-    limited portfolio it actually holds."""
+    before `start`, all cash at its close unless `book` says what is held there. With `limits`,
+    every target goes through the risk limits first, as the weekly rebalance applies them
+    (:func:`risk.apply_limits` against the book at the trade's open, the drawdown stop on the
+    weekly marks before trading), and the policy observes the limited portfolio it actually
+    holds."""
     first, last, days = window = _window(data, start, end)
     env = _env(data, window, episode_weeks=None, **policy.execution())
-    targets = policy_targets(policy, env, limits)
+    targets = _run(policy, env, limits, env.decision_days.size, book)[0]
     rows = slice(first, last + 1)
     return simulate(
         data.prices.open[rows], data.prices.close[rows], targets, days, settings().costs,
-        dates=data.prices.dates[rows], symbols=data.prices.symbols,
+        dates=data.prices.dates[rows], symbols=data.prices.symbols, initial=None if book is None else book.weights,
     )
 
 
 def _run(
-    policy: Policy, env: AllocationEnv, limits: RiskLimits | None, steps: int,
+    policy: Policy, env: AllocationEnv, limits: RiskLimits | None, steps: int, book: BookStart | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Step `env` from its first decision for `steps` weekly decisions with `policy` (and the
-    risk limits); return the (steps, N + 1) targets traded and the observation after them."""
-    obs, _ = env.reset(options={"start": 0})
-    marks: list[tuple[float, bool]] = []
+    risk limits), from cash or from `book`; return the (steps, N + 1) targets traded and the
+    observation after them."""
+    obs, _ = env.reset(options={"start": 0, "weights": None if book is None else book.weights})
+    marks: list[tuple[float, bool]] = [] if book is None else list(book.marks)
     targets = []
     for _ in range(steps):
         weights = policy.target(obs, env)
@@ -360,14 +377,16 @@ class WeekDecision:
 
 def decide_week(
     policy: Policy, data: AllocationData, first_week: dt.date, week: dt.date, limits: RiskLimits,
+    book: BookStart | None = None,
 ) -> WeekDecision:
-    """The target for `week` of a book that started trading at `first_week` (both Mondays).
+    """The target for `week` of a book that started trading at `first_week` (both Mondays),
+    from cash or from what `book` says it held at the Sunday close before `first_week`.
 
     The policy's portfolio state (weights, last return, drawdown, volatility) is that of its
     model book: the risk-limited run of the same policy from `first_week`
-    (:func:`backtest_policy` with `limits`), which the paper ledger tracks up to execution
-    details. Only data through ``week - 1`` (the Sunday close) enter; anything later in `data`
-    is dropped first.
+    (:func:`backtest_policy` with `limits` and `book`), which the paper ledger tracks up to
+    execution details. Only data through ``week - 1`` (the Sunday close) enter; anything later
+    in `data` is dropped first.
     """
     sunday = week - dt.timedelta(days=1)
     if first_week > week:
@@ -387,7 +406,7 @@ def decide_week(
     padded = known.padded(1)
     window = _window(padded, first_week, week)
     env = _env(padded, window, episode_weeks=None, **policy.execution())
-    _, obs = _run(policy, env, limits, env.decision_days.size - 1)
+    _, obs = _run(policy, env, limits, env.decision_days.size - 1, book)
     target = policy.target(obs, env)
     return WeekDecision(week, sunday, target, obs)
 
