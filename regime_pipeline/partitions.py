@@ -22,3 +22,10 @@ WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2018-01-01", day_offset=1, ti
 # date-by-split grid would be three quarters empty; split assets are their own axis.
 SPLIT_NAMES = list(splits())
 SPLIT = dg.StaticPartitionsDefinition(SPLIT_NAMES)
+
+
+def summary_partition(partition_keys: list[str]) -> str | None:
+    """The partition that carries the metadata describing a whole run: the last of a run of
+    several partitions (a single-run backfill would otherwise copy it onto each of them), none
+    for a run of one partition or of an unpartitioned asset."""
+    return partition_keys[-1] if len(partition_keys) > 1 else None

@@ -9,7 +9,7 @@ import pandas as pd
 from regime_pipeline.checks.bars import DAILY_BAR_CHECK_SPECS, daily_bar_checks
 from regime_pipeline.configs import universe
 from regime_pipeline.core.data.bars import combine_daily, days_in
-from regime_pipeline.assets.metadata import plot_metadata
+from regime_pipeline.assets.metadata import add_run_metadata, plot_metadata
 from regime_pipeline.core.plots import plot_daily_bars
 from regime_pipeline.partitions import DAILY
 from regime_pipeline.resources.market_data import MarketData
@@ -69,16 +69,18 @@ def minute_bars(
             context.log.info(f"{symbol}: {written[symbol]} days of 1-minute bars stored")
     context.log.info(f"minute_bars: {rows} rows in {sum(written.values())} days, {time.monotonic() - began:.1f}s")
     table = pd.DataFrame({"symbol": list(written), "days_written": list(written.values())})
-    return dg.MaterializeResult(
-        metadata={
+    add_run_metadata(
+        context,
+        {
             "source": market_data.source,
             "rows_written": rows,
             "days_written": sum(written.values()),
             "days_already_stored": kept,
             "lake": dg.MetadataValue.path(str(lake.root)),
             "by_symbol": dg.MetadataValue.md(table.to_markdown(index=False) if len(table) else "no minutes in this range"),
-        }
+        },
     )
+    return dg.MaterializeResult()
 
 
 @dg.asset(
@@ -117,6 +119,7 @@ def daily_bars(context: dg.AssetExecutionContext, market_data: MarketData, stora
         "symbols": int(bars["symbol"].nunique()),
     }
     if not bars.empty:
-        metadata.update(plot_metadata(plot_daily_bars(bars, f"daily bars {start} .. {last}"), storage, "daily_bars", start, end))
-    yield dg.Output(bars, metadata=metadata)
+        metadata.update(plot_metadata(plot_daily_bars(bars, f"daily bars {start} .. {last}"), "daily_bars"))
+    add_run_metadata(context, metadata)
+    yield dg.Output(bars)
     yield from daily_bar_checks(bars, minute_daily, klines, start, end)
