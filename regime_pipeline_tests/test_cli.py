@@ -10,12 +10,16 @@ from dagster._core.events.log import EventLogEntry
 
 from regime_pipeline import cli
 from regime_pipeline.instance import BatchingSqliteEventLogStorage
+from regime_pipeline.instance.event_log import BATCH_SIZE_ENV
 from regime_pipeline_tests.conftest import write_instance_yaml
 
 
 @pytest.fixture
 def project_home(tmp_path, monkeypatch):
-    """A Dagster home configured as the project's (batching event log), and a data directory."""
+    """A Dagster home configured as the project's (batching event log), and a data directory.
+    The batch size the storage sets in the environment is undone afterwards."""
+    monkeypatch.setenv(BATCH_SIZE_ENV, "unset")
+    monkeypatch.delenv(BATCH_SIZE_ENV)
     write_instance_yaml(tmp_path / "home")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("REGIME_DATA_DIR", str(tmp_path / "data"))
