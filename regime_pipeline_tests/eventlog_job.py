@@ -8,8 +8,9 @@ against the instance in HOME:
 
 * ``--hold MARKER``: `downstream` writes MARKER once it starts and then waits, so a kill lands
   between the two steps, after `upstream`'s materializations were stored;
-* ``--stall-batch-after N MARKER``: the event log writes MARKER and waits after storing the Nth
-  materialization of a batch, so a kill lands inside a batch's transactions.
+* ``--stall-batch-after N MARKER``: the event log writes MARKER and waits once N materializations
+  are written, so a kill lands inside a batch's transactions (or, on the stock storage, after
+  the Nth materialization was stored).
 """
 
 
@@ -78,22 +79,35 @@ def run_partition(instance: dg.DagsterInstance, key: str, **config) -> dg.Execut
 
 
 def _stall_inside_batches(after: int, marker: Path) -> None:
-    """Make every event log class stop inside a batch after storing its `after`-th materialization."""
+    """Make the event log write `marker` and wait once `after` materializations are written:
+    the stock storage after storing the `after`-th (each event is committed on its own), the
+    batching storage inside a batch of at least `after`, its rows inserted but not committed."""
     from dagster._core.events import DagsterEventType
+    from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
     from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
-    store = SqliteEventLogStorage.store_event
-    stored = {"n": 0}
+    def stall():
+        marker.write_text("stalled")
+        time.sleep(600)
+
+    def materializations(events) -> int:
+        return sum(e.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION for e in events)
+
+    store, store_tags, stored = SqliteEventLogStorage.store_event, SqlEventLogStorage._store_asset_event_tags, [0]
 
     def store_then_stall(self, event):
         store(self, event)
-        if event.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION:
-            stored["n"] += 1
-            if stored["n"] == after:
-                marker.write_text("stalled")
-                time.sleep(600)
+        stored[0] += materializations([event])
+        if stored[0] == after:
+            stall()
+
+    def store_tags_then_stall(self, conn, events, event_ids):
+        store_tags(self, conn, events, event_ids)
+        if len(events) > 1 and materializations(events) >= after:
+            stall()
 
     SqliteEventLogStorage.store_event = store_then_stall
+    SqlEventLogStorage._store_asset_event_tags = store_tags_then_stall
 
 
 def main(argv: list[str] | None = None) -> None:

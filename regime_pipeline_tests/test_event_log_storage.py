@@ -14,11 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
@@ -67,7 +68,26 @@ def snapshot(instance: dg.DagsterInstance) -> dict:
             "index": sorted(instance.get_materialized_partitions(key)),
         } if value else None
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([CHECK_KEY]).get(CHECK_KEY)
-    return {"runs": runs, "status": status, "check": latest.status if latest else None}
+    return {"runs": runs, "status": status, "check": latest.status if latest else None, "index": index_tables(instance)}
+
+
+def index_tables(instance: dg.DagsterInstance) -> dict:
+    """What ``index.db`` holds besides check executions: its copy of the events (type, asset,
+    partition), the asset events' indexed tags, and each asset's row (the run, by position, and
+    the partition of its latest materialization)."""
+    runs = {run.run_id: i for i, run in enumerate(reversed(instance.get_runs()))}
+    with instance.event_log_storage.index_connection() as conn:
+        events = Counter(conn.execute(sa.text("SELECT dagster_event_type, asset_key, partition FROM event_logs")).all())
+        tags = Counter(conn.execute(sa.text("SELECT asset_key, key FROM asset_event_tags")).all())
+    rows = {}
+    for record in instance.get_asset_records():
+        entry = record.asset_entry
+        latest = entry.last_materialization_record
+        rows[entry.asset_key.to_user_string()] = (
+            runs.get(entry.last_run_id), latest.partition_key if latest else None,
+            latest.event_log_entry.dagster_event_type if latest else None,
+        )
+    return {"events": events, "tags": tags, "assets": rows}
 
 
 def recorded_materializations(instance: dg.DagsterInstance, asset: str) -> list[str]:
@@ -192,8 +212,9 @@ def test_dagster_is_a_version_the_storage_was_checked_against():
 
 
 def test_the_internals_it_overrides_are_there():
-    for name in ("_connect", "_initdb", "_store_asset_event", "_has_asset_key_col_on_connection",
-                 "_store_asset_check_evaluation_planned", "store_event_batch", "has_table"):
+    for name in ("_connect", "_initdb", "_event_to_row", "_store_asset_event", "_store_asset_event_tags",
+                 "_has_asset_key_col_on_connection", "_store_asset_check_evaluation_planned",
+                 "store_asset_check_event", "store_event_batch", "has_table"):
         assert hasattr(SqliteEventLogStorage, name), name
     assert {"_initialized_dbs", "_db_lock"} <= set(SqliteEventLogStorage.__init__.__code__.co_names)
 

@@ -10,9 +10,10 @@ the stock SQLite storage still writes them one at a time.
 
 :class:`BatchingSqliteEventLogStorage` is the stock storage with these changes:
 
-* ``store_event_batch`` opens one transaction on the run's database and one on ``index.db`` and
-  stores every event of the batch through the stock ``store_event`` inside them: the same event
-  rows, committed together (a killed process leaves all of a batch or none of it).
+* ``store_event_batch`` writes the rows the stock ``store_event`` would write for each event of
+  the batch, but inserted together (one statement per table) inside one transaction on the
+  run's database and one on ``index.db``, committed at the end: a killed process leaves all of
+  a batch or none of it.
 * Within a batch, an asset's ``asset_keys`` row is written by the last event that sets each of its
   columns only, which leaves the row as writing every event in turn would.
 * A check planned by a run of several partitions gets one ``asset_check_executions`` row instead
@@ -31,7 +32,8 @@ instance reference it is handed: ``regime-pipeline run``, ``dagster asset materi
 webserver and daemon of ``make ui`` and the run and step processes they launch.
 
 It relies on Dagster internals (``SqliteEventLogStorage._connect``, ``_initdb``,
-``_initialized_dbs``, ``_db_lock``, ``_store_asset_event``, ``_store_asset_check_evaluation_planned``
+``_initialized_dbs``, ``_db_lock``, what ``store_event`` writes where, ``_event_to_row``,
+``_store_asset_event``, ``_store_asset_event_tags``, ``_store_asset_check_evaluation_planned``
 and how ``handle_new_event`` batches), read against the versions in
 :data:`CHECKED_DAGSTER_VERSIONS`. On any other version it warns and stores every event as the
 stock storage does.
@@ -46,14 +48,14 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.sql import create_engine
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
@@ -196,9 +198,6 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
     # --- writes ---------------------------------------------------------------------------------
 
     def store_event(self, event: EventLogEntry) -> None:
-        if self._open_connections():  # part of a batch, which counts it
-            super().store_event(event)
-            return
         began = time.perf_counter()
         super().store_event(event)
         self._count(1, began)
@@ -206,40 +205,51 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store `events` (in order) with one transaction on each database they touch.
 
-        Every event goes through the stock :meth:`store_event`, whose connections join the
-        batch's open transactions. The run's database commits before ``index.db``, as it does for
-        a single event; a failed statement rolls both back.
+        The rows are those the stock :meth:`store_event` writes for each event in turn, inserted
+        together. The run's database commits before ``index.db``, as it does for a single
+        event; a failed statement rolls both back.
         """
         if not self._batching or len(events) <= 1:
             super().store_event_batch(events)
             return
         began = time.perf_counter()
         for run_id, run_events in _by_run(events):
-            with ExitStack() as stack:
-                # Entered first so that it is committed last.
-                stack.enter_context(self.index_connection())
-                stack.enter_context(self.run_connection(run_id))
-                self._open.superseded = superseded_asset_entries(run_events)
-                try:
-                    for event in run_events:
-                        self.store_event(event)
-                finally:
-                    self._open.superseded = frozenset()
+            # The index is entered first so that it is committed last.
+            with self.index_connection() as index, self.run_connection(run_id) as run:
+                self._insert_batch(run, index, run_events)
         self.batches_written += 1
         self._count(len(events), began)
         log.debug("stored %d events in one transaction per database in %.1f ms",
                   len(events), 1000 * (time.perf_counter() - began))
 
+    def _insert_batch(self, run: Connection, index: Connection, events: Sequence[EventLogEntry]) -> None:
+        """What `SqliteEventLogStorage.store_event` writes for each of `events`, statement by
+        statement kind: every event into the run's log; asset, check and run-status events into
+        the index's log too; then the asset events' tags and asset rows, the checks' rows."""
+        rows = [self._event_to_row(event) for event in events]
+        run.execute(SqlEventLogStorageTable.insert(), rows)
+        mirrored = [i for i, event in enumerate(events) if event.is_dagster_event and event.dagster_event_type in _MIRRORED]
+        if not mirrored:
+            return
+        ids = index.execute(
+            SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True),
+            [rows[i] for i in mirrored],
+        ).scalars().all()
+        stored = [(events[i], event_id) for i, event_id in zip(mirrored, ids, strict=True)]
+        assets = [(event, event_id) for event, event_id in stored if event.dagster_event_type in ASSET_EVENTS]
+        if assets:
+            self._store_asset_event_tags(index, [event for event, _ in assets], [event_id for _, event_id in assets])
+            superseded = superseded_asset_entries([event for event, _ in assets])
+            for event, event_id in assets:
+                if id(event) not in superseded:
+                    self._store_asset_event(index, event, event_id)
+        for event, event_id in stored:
+            if event.dagster_event_type in ASSET_CHECK_EVENTS:
+                self.store_asset_check_event(event, event_id)
+
     def _count(self, events: int, began: float) -> None:
         self.events_written += events
         self.seconds_writing += time.perf_counter() - began
-
-    def _store_asset_event(self, conn: Connection, event: EventLogEntry, event_id: int) -> None:
-        # The asset_keys row keeps, per column, the value of the last event that sets it: within
-        # a batch, an event whose columns a later event of the same asset also sets is skipped.
-        if id(event) in getattr(self._open, "superseded", ()):
-            return
-        super()._store_asset_event(conn, event, event_id)
 
     def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
         # A check planned by a run of several partitions gets one row, not one per partition:
@@ -287,6 +297,9 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
                 engine.dispose()
             self._engines.clear()
 
+
+# Events the stock storage also writes into the index's log.
+_MIRRORED = frozenset(ASSET_EVENTS | ASSET_CHECK_EVENTS | set(EVENT_TYPE_TO_PIPELINE_RUN_STATUS))
 
 # The columns of the asset_keys row that each event type sets (`_get_asset_entry_values`).
 _ASSET_ENTRY_COLUMNS = {
