@@ -143,7 +143,6 @@ class Progress:
 
     out: TextIO = field(default_factory=lambda: sys.stdout)
     live: bool = False
-    stage: str = ""
     planned: int = 0
     done: int = 0
     note: str = ""
@@ -155,7 +154,7 @@ class Progress:
 
     def begin(self, stage: Stage, runs: list[StageRun]) -> None:
         labels = ", ".join(r.label for r in runs if r.label)
-        self.stage, self.planned, self.done, self.note = stage.name, len(stage.assets) * sum(r.partitions for r in runs), 0, ""
+        self.planned, self.done, self.note = len(stage.assets) * sum(r.partitions for r in runs), 0, ""
         self.began = time.monotonic()
         self._print(f"==> {stage.name}: {', '.join(stage.assets)} {labels}".rstrip())
         if self.live:
