@@ -207,7 +207,9 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
 
         The rows are those the stock :meth:`store_event` writes for each event in turn, inserted
         together. The run's database commits before ``index.db``, as it does for a single
-        event; a failed statement rolls both back.
+        event; a failed statement (a database locked past the busy timeout) rolls both back, and
+        Dagster then stores the events one by one. Only a failure of the index's commit itself,
+        after the run's, would leave the run's log holding those events twice.
         """
         if not self._batching or len(events) <= 1:
             super().store_event_batch(events)
