@@ -35,3 +35,10 @@ ORIGIN = dg.StaticPartitionsDefinition(ORIGIN_NAMES)
 # origins of ORIGIN that could never be materialized.
 POLICY_ORIGIN_NAMES = [str(y) for y in WalkForwardSettings.from_config().policy_origins]
 POLICY_ORIGIN = dg.StaticPartitionsDefinition(POLICY_ORIGIN_NAMES)
+
+
+def summary_partition(partition_keys: list[str]) -> str | None:
+    """The partition that carries the metadata describing a whole run: the last of a run of
+    several partitions (a single-run backfill would otherwise copy it onto each of them), none
+    for a run of one partition or of an unpartitioned asset."""
+    return partition_keys[-1] if len(partition_keys) > 1 else None

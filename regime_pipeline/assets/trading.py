@@ -8,6 +8,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from regime_pipeline.assets.metadata import add_run_metadata
 from regime_pipeline.configs import load_yaml
 from regime_pipeline.core.allocation import policy as allocation
 from regime_pipeline.core.allocation.policy import Policy, load_policy
@@ -167,7 +168,8 @@ def weekly_rebalance(
         f"(start {float(load_yaml('broker')['initial_cash_usdt']):,.2f}, {len(equity)} week(s) in the ledger).\n"
     )
     metadata["report"] = dg.MetadataValue.path(str(report))
-    yield dg.MaterializeResult(metadata=metadata)
+    add_run_metadata(context, metadata)
+    yield dg.MaterializeResult()
 
     if broker.mode == "paper" and (current is None or current.policy != identity):
         # The ledger's last week was traded by another policy (or before books were recorded):
