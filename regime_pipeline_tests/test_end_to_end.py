@@ -38,3 +38,9 @@ def test_make_run_materializes_every_stage(tmp_path, monkeypatch, capsys):
     walked = read_table(database, "walk_forward_probabilities")
     assert set(walked["origin"]) == {"2020", "2021", "2022", "2023", "2024", "2025"}
     assert "Walk-forward (origin Y" in out
+    allocated = read_table(database, "walk_forward_allocation")
+    assert set(allocated["origin"]) == {"2022", "2023", "2024", "2025", "pooled"}
+    assert {"ppo_ensemble", "equal_weight", "btc_buy_and_hold"} <= set(allocated["strategy"])
+    deployed = json.loads((tmp_path / "data" / "models" / "walk_forward_policy" / "2025.json").read_text())
+    assert deployed["profile"] == "light" and deployed["train"][1] == "2023-12-31"
+    assert "Walk-forward allocation (origin Y" in out
