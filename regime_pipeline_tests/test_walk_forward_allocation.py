@@ -153,6 +153,10 @@ def test_the_origin_backtest_scores_the_origin_year_and_stores_daily_returns(mat
     metadata = backtest.asset_materializations_for_node("walk_forward_backtest")[0].metadata
     assert "ΔSharpe vs EW" in metadata["results"].value
     assert metadata["rule_calibration"].value["train"] == ["2020-01-02", "2023-12-31"]
+    # Its report has a name of its own: the regime walk-forward's report of the same origin
+    # (walk_forward_2024.*, which regime-pipeline run summarizes) is not overwritten.
+    assert (data_dir / "reports" / "walk_forward_allocation_2024.md").exists()
+    assert not list((data_dir / "reports").glob("walk_forward_2024.*"))
 
 
 def test_the_walk_forward_table_recomputes_each_origin_and_the_pooled_days(materialized) -> None:

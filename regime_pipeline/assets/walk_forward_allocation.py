@@ -114,7 +114,7 @@ def walk_forward_backtest(
     n_shown = len([n for n in results if not n.startswith(comparison.SEED_PREFIX)])
     table, metadata = describe_comparison(
         results, f"Walk-forward origin {origin} ({windows.score[0]}..{windows.score[1]})", storage,
-        f"walk_forward_{origin}", comparison_note(n_shown),
+        f"walk_forward_allocation_{origin}", comparison_note(n_shown),
     )
     ensemble = table.loc[table["strategy"] == comparison.ENSEMBLE].iloc[0]
     context.log.info(f"walk_forward_backtest[{origin}]: ppo ensemble {ensemble['total_return']:+.2%}, Sharpe "
