@@ -24,7 +24,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start, splits
 from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.core.features import vol_forecasts
-from regime_pipeline.partitions import SPLIT_NAMES
+from regime_pipeline.partitions import ORIGIN_NAMES, SPLIT_NAMES
 from regime_pipeline.recovery import SayLog, free_dead_runs, stop_on_signals
 from regime_pipeline.resources import default_data_dir
 from regime_pipeline.resources.warehouse import read_table
@@ -34,7 +34,8 @@ from regime_pipeline.resources.warehouse import read_table
 class Stage:
     name: str
     assets: tuple[str, ...]
-    partitions: str  # "daily" (the run's date range), "split" (each split), "weekly", or "none"
+    partitions: str  # "daily" (the run's date range), "split" (each split), "weekly", "origins" (every
+    # walk-forward origin in one run), "origin" (one run per origin), or "none"
 
 
 STAGES = (
@@ -50,6 +51,9 @@ STAGES = (
     Stage("detectors", ("vol_detector", "trend_detector", "cross_detector"), "none"),
     Stage("reports", ("detector_reports",), "split"),
     Stage("probabilities", ("regime_probabilities",), "daily"),
+    Stage("walk_forward_models", ("walk_forward_models",), "origins"),
+    Stage("walk_forward", ("walk_forward_probabilities",), "origins"),
+    Stage("walk_forward_reports", ("walk_forward_reports",), "origin"),
     Stage("policy", ("ppo_policy",), "none"),
     Stage("backtest", ("allocation_backtest",), "split"),
     Stage("rebalance", ("weekly_rebalance",), "weekly"),
@@ -99,6 +103,11 @@ def run_stage(stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterI
                            ASSET_PARTITION_RANGE_END_TAG: weeks[-1].isoformat()}})]
     elif stage.partitions == "split":
         runs = [(split, {"partition_key": split}) for split in SPLIT_NAMES]
+    elif stage.partitions == "origins":
+        runs = [(f"origins {ORIGIN_NAMES[0]} .. {ORIGIN_NAMES[-1]}",
+                 {"tags": {ASSET_PARTITION_RANGE_START_TAG: ORIGIN_NAMES[0], ASSET_PARTITION_RANGE_END_TAG: ORIGIN_NAMES[-1]}})]
+    elif stage.partitions == "origin":
+        runs = [(f"origin {origin}", {"partition_key": origin}) for origin in ORIGIN_NAMES]
     else:
         runs = [("", {})]
     for label, kwargs in runs:
@@ -146,6 +155,8 @@ def summarize(data_dir: str, upto: str) -> str:
                              "balanced_accuracy": report["balanced_accuracy"], "macro_f1": report["macro_f1"]})
         out += ["\nDetectors (fitted on train, early-stopped on val):",
                 pd.DataFrame(rows).to_string(index=False, float_format="{:.4f}".format)]
+    if names.index(upto) >= names.index("walk_forward_reports"):
+        out.append(walk_forward_summary(data_dir))
     if names.index(upto) >= names.index("policy"):
         policy = json.loads((Path(data_dir) / "models" / "ppo_policy.json").read_text())
         seeds = ", ".join(f"seed {seed}: {s['val_sortino']:+.3f} at step {s['kept_step']:,}" for seed, s in policy["seeds"].items())
@@ -158,6 +169,19 @@ def summarize(data_dir: str, upto: str) -> str:
     if names.index(upto) >= names.index("rebalance"):
         out += ["", (Path(data_dir) / "reports" / "weekly_rebalance.md").read_text()]
     return "\n".join(out)
+
+
+def walk_forward_summary(data_dir: str) -> str:
+    """Per origin, detector and target: the detector's balanced accuracy against the best baseline's."""
+    rows = []
+    for origin in ORIGIN_NAMES:
+        report = json.loads((Path(data_dir) / "reports" / f"walk_forward_{origin}.json").read_text())
+        rows += [{"origin": origin, **r} for r in report["summary"] if r["target"] != "jump"]
+    table = pd.DataFrame(rows)[["origin", "detector", "target", "n", "detector_bal_acc", "best_baseline",
+                                "baseline_bal_acc", "lift", "lift_low", "lift_high"]]
+    return ("\nWalk-forward (origin Y: fitted before Y - 1, early-stopped on Y - 1, scored on Y; balanced accuracy,"
+            " lift over the best baseline with a 90% block-bootstrap interval):\n"
+            + table.to_string(index=False, float_format="{:.3f}".format))
 
 
 def forecast_summary(data_dir: str) -> str:
@@ -181,6 +205,8 @@ def _say(message: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     instance = _instance()
+    if args.walk_forward_profile:
+        os.environ["REGIME_WALK_FORWARD_PROFILE"] = args.walk_forward_profile
     first = dt.date.fromisoformat(args.start)
     last = dt.date.fromisoformat(args.end)
     names = [s.name for s in STAGES]
@@ -211,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     stage_names = [s.name for s in STAGES]
     run.add_argument("--from", dest="from_stage", default=stage_names[0], choices=stage_names, help="first stage to run")
     run.add_argument("--until", default=stage_names[-1], choices=stage_names, help="last stage to run")
+    run.add_argument("--walk-forward-profile", choices=["light", "full"],
+                     help="detector profile of the walk-forward (default: configs/walk_forward.yaml's, light)")
     run.set_defaults(func=cmd_run)
     recover = sub.add_parser("recover", help="after a crash: fail the runs whose process died, free their pool slots")
     recover.set_defaults(func=cmd_recover)

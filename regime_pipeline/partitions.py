@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from regime_pipeline.configs import history_start, splits
+from regime_pipeline.configs import history_start, splits, walk_forward
 
 # One partition per UTC day from the first Binance spot USDT candle.
 DAILY = dg.DailyPartitionsDefinition(start_date=history_start().isoformat(), timezone="UTC")
@@ -22,3 +22,8 @@ WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2018-01-01", day_offset=1, ti
 # date-by-split grid would be three quarters empty; split assets are their own axis.
 SPLIT_NAMES = list(splits())
 SPLIT = dg.StaticPartitionsDefinition(SPLIT_NAMES)
+
+# Walk-forward origins (configs/walk_forward.yaml): origin Y fits on the days before Y - 1,
+# early-stops on Y - 1 and predicts the days of Y.
+ORIGIN_NAMES = [str(y) for y in walk_forward()["origins"]]
+ORIGIN = dg.StaticPartitionsDefinition(ORIGIN_NAMES)

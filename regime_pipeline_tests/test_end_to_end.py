@@ -34,3 +34,6 @@ def test_make_run_materializes_every_stage(tmp_path, monkeypatch, capsys):
     assert len(policy["seeds"]) >= 3
     assert set(read_table(database, "vol_forecast_report")["split"]) == {"train", "val", "test", "holdout"}
     assert "Vol forecasts, pooled across assets" in out
+    walked = read_table(database, "walk_forward_probabilities")
+    assert set(walked["origin"]) == {"2020", "2021", "2022", "2023", "2024", "2025"}
+    assert "Walk-forward (origin Y" in out

@@ -129,3 +129,15 @@ def known_gaps() -> tuple[Gap, ...]:
         gap = Gap(start, end, str(raw.get("note", "")))
         gaps.append(gap)
     return tuple(gaps)
+
+
+@cache
+def walk_forward() -> dict[str, Any]:
+    """``configs/walk_forward.yaml``, with the origins as ints in increasing order."""
+    raw = load_yaml("walk_forward")
+    origins = [int(y) for y in raw["origins"]]
+    if origins != sorted(set(origins)):
+        raise ValueError(f"configs/walk_forward.yaml: origins must be distinct and increasing, got {origins}")
+    if origins[0] - 1 <= raw["first_fit_day"].year:
+        raise ValueError(f"configs/walk_forward.yaml: origin {origins[0]} leaves no fit year after first_fit_day")
+    return {**raw, "origins": origins}

@@ -106,6 +106,20 @@ def split_labels(labels: pd.DataFrame, split: str) -> pd.DataFrame:
     return labels.loc[labels["split"] == split]
 
 
+def window_labels(labels: pd.DataFrame, window: Split) -> pd.DataFrame:
+    """The rows of `labels` for `window`: its split's rows when `labels` has a ``split`` column
+    (the fixed protocol), else the rows dated inside the window (walk-forward targets)."""
+    if "split" in labels.columns:
+        return split_labels(labels, window.name)
+    dates = labels["date"]
+    return labels.loc[(dates >= window.start) & (dates <= window.end)]
+
+
+def fit_windows(windows: tuple[Split, Split] | None) -> tuple[Split, Split]:
+    """The (fit, early-stopping) windows: `windows`, or the train and val splits by default."""
+    return windows if windows is not None else (splits()["train"], splits()["val"])
+
+
 def node_features(vol_features: pd.DataFrame, trend_features: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Per (date, symbol) rows with the cross detector's node columns (from both groups)."""
     merged = vol_features.merge(trend_features, on=["date", "symbol"], how="inner")
@@ -155,22 +169,24 @@ def _codes(values: pd.Series, classes: Sequence[str]) -> np.ndarray:
 
 def train_sequence_detector(
     kind: str, features: pd.DataFrame, labels: pd.DataFrame, columns: Sequence[str],
-    settings: Mapping[str, Any], log: Any | None = None,
+    settings: Mapping[str, Any], log: Any | None = None, windows: tuple[Split, Split] | None = None,
 ) -> tuple[Detector, TrainResult]:
     """Fit the `kind` LSTM on train windows, early-stopped on val windows.
 
     :param features: the kind's feature table (date, symbol, ...), covering train and val
-    :param labels: `regime_labels` rows of the train and val splits
+    :param labels: `regime_labels` rows of the train and val splits, or any frame
+        ``date, symbol, <kind>_regime`` (rows outside `windows` are ignored)
+    :param windows: (fit, early-stopping) target days; by default the train and val splits
     """
-    train, val = splits()["train"], splits()["val"]
+    train, val = fit_windows(windows)
     classes = class_names_for(f"{kind}_regime")
     scaler = Standardizer.fit(features, list(columns), (train.start, train.end))
     hparams = {"n_features": len(columns), "n_classes": len(classes), "hidden": settings["hidden"],
                "hidden2": settings["hidden2"], "dropout": settings["dropout"], "window": settings["window"]}
     set_seed(settings["seed"], settings.get("threads"))
     det = Detector(kind, AttentionLSTMClassifier(hparams), scaler, list(columns), classes, dict(settings))
-    X_tr, y_tr, _ = _sequence_inputs(det, features, split_labels(labels, "train"), (train.start, train.end))
-    X_va, y_va, _ = _sequence_inputs(det, features, split_labels(labels, "val"), (val.start, val.end))
+    X_tr, y_tr, _ = _sequence_inputs(det, features, window_labels(labels, train), (train.start, train.end))
+    X_va, y_va, _ = _sequence_inputs(det, features, window_labels(labels, val), (val.start, val.end))
     if log is not None:
         log.info(f"{kind}_detector: {len(X_tr)} train windows, {len(X_va)} val windows, {len(columns)} features")
     result = fit_classifier(det.model, X_tr, X_va, y_train=y_tr, y_val=y_va, n_classes=len(classes), log=log,
@@ -180,10 +196,10 @@ def train_sequence_detector(
 
 def train_cross_detector(
     nodes: pd.DataFrame, bars: pd.DataFrame, labels: pd.DataFrame, columns: Sequence[str],
-    settings: Mapping[str, Any], log: Any | None = None,
+    settings: Mapping[str, Any], log: Any | None = None, windows: tuple[Split, Split] | None = None,
 ) -> tuple[Detector, TrainResult]:
-    """Fit the graph network on train dates' graphs, early-stopped on val's."""
-    train, val = splits()["train"], splits()["val"]
+    """Fit the graph network on train dates' graphs, early-stopped on val's (or on `windows`)."""
+    train, val = fit_windows(windows)
     classes = class_names_for("cross_regime")
     scaler = Standardizer.fit(nodes, list(columns), (train.start, train.end))
     hparams = {"n_features": len(columns), "n_classes": len(classes), "hidden": settings["hidden"],
@@ -192,9 +208,9 @@ def train_cross_detector(
     set_seed(settings["seed"], settings.get("threads"))
     det = Detector("cross", GraphSAGEClassifier(hparams), scaler, list(columns), classes, dict(settings))
     data = {}
-    for split in (train, val):
-        graphs, y = _labelled_graphs(det, nodes, bars, split_labels(labels, split.name))
-        data[split.name] = ((graphs.X, graphs.A, graphs.mask), y)
+    for role, split in (("train", train), ("val", val)):
+        graphs, y = _labelled_graphs(det, nodes, bars, window_labels(labels, split))
+        data[role] = ((graphs.X, graphs.A, graphs.mask), y)
     if log is not None:
         log.info(f"cross_detector: {len(data['train'][1])} train graphs, {len(data['val'][1])} val graphs")
     result = fit_classifier(det.model, data["train"][0], data["val"][0], y_train=data["train"][1],
