@@ -212,13 +212,15 @@ def ui(tmp_path_factory) -> Iterator[dict]:
     web_log, daemon_log = root / "webserver.log", root / "daemon.log"
     webserver = [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"]
     daemon = [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml"]
-    # The servers load the code location while this process fills the instance.
-    with server(webserver, env, web_log) as web, server(daemon, env, daemon_log):
-        with dg.DagsterInstance.from_config(str(home)) as instance:
+    # The instance creates its SQLite databases before the servers start: processes creating
+    # them at once collide (alembic: "more than one head"). The servers then load the code
+    # location while this process fills the instance.
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        with server(webserver, env, web_log) as web, server(daemon, env, daemon_log):
             train_detectors(data_dir, instance)
             store_bars(data_dir, instance)
-        wait_until_serving(url, web, web_log)
-        yield {"url": url, "chromium": executable, "root": root, "logs": [web_log, daemon_log]}
+            wait_until_serving(url, web, web_log)
+            yield {"url": url, "chromium": executable, "root": root, "logs": [web_log, daemon_log]}
 
 
 # --------------------------------------------------------------------------- the browser
