@@ -235,14 +235,15 @@ class Browser:
         page.on("console", lambda m: self.errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: self.errors.append(f"uncaught exception: {e}"))
         page.on("response", lambda r: self.errors.append(f"HTTP {r.status} from {r.url}") if r.status >= 500 else None)
+        # The UI asks a first-time visitor to join its community, in a dialog that can open after
+        # the page has loaded; whenever it is in the way, skip it, as a user would.
+        community = page.get_by_role("dialog").filter(has_text="Join the Dagster community")
+        page.add_locator_handler(community, lambda dialog: dialog.get_by_role("button", name="Skip").click())
 
     def open(self, path: str) -> None:
-        """Go to `path` and dismiss the community dialog the UI shows on a first visit."""
+        """Go to `path` and wait until its requests are answered."""
         self.page.goto(self.url + path)
         self.page.wait_for_load_state("networkidle")
-        skip = self.page.get_by_role("button", name="Skip")
-        if skip.count() and skip.first.is_visible():
-            skip.first.click()
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
