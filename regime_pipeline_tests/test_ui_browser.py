@@ -253,7 +253,7 @@ class Browser:
             yield
             self.page.wait_for_timeout(500)  # late errors of the step's last request
             assert not self.errors, f"{name}: the page reported errors:\n" + "\n".join(self.errors)
-        except BaseException as exc:
+        except Exception as exc:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shot = ARTIFACTS / f"{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.png"
             with contextlib.suppress(Exception):
