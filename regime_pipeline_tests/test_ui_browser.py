@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
