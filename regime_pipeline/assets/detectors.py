@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from regime_pipeline.assets.bars import window_days
+from regime_pipeline.assets.metadata import add_run_metadata
 from regime_pipeline.configs import splits
 from regime_pipeline.core.regimes import detectors
 from regime_pipeline.core.regimes.metrics import plot_confusion
@@ -210,4 +211,5 @@ def regime_probabilities(
     dets = {kind: detectors.Detector.load(_model_path(storage, kind)) for kind in detectors.KINDS}
     frame = detectors.probabilities(dets, vol_features, trend_features, daily_bars, start, end)
     context.log.info(f"regime_probabilities {start}..{end - dt.timedelta(days=1)}: {len(frame)} rows")
-    return dg.Output(frame, metadata={"rows": len(frame), "days": int(frame["date"].nunique()) if len(frame) else 0})
+    add_run_metadata(context, {"rows": len(frame), "days": int(frame["date"].nunique()) if len(frame) else 0})
+    return dg.Output(frame)
