@@ -343,6 +343,21 @@ def test_materialize_one_daily_bars_partition_from_the_ui(browser):
         expect(page.get_by_text("Materialized", exact=True).first).to_be_visible()
 
 
+# [natural width, share of the last row's pixels drawn opaque] once the image has decoded
+# (matplotlib's figures have an opaque background); [0, 0] when it does not decode.
+DRAWN_IMAGE_JS = """img => img.decode().then(() => {
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.drawImage(img, 0, 0);
+    const row = context.getImageData(0, canvas.height - 1, canvas.width, 1).data;
+    let opaque = 0;
+    for (let i = 3; i < row.length; i += 4) if (row[i] > 0) opaque += 1;
+    return [img.naturalWidth, opaque / canvas.width];
+}, () => [0, 0])"""
+
+
 def test_a_detector_report_shows_its_summary_and_confusion_matrices(browser):
     from playwright.sync_api import expect
 
@@ -363,8 +378,11 @@ def test_a_detector_report_shows_its_summary_and_confusion_matrices(browser):
                 show.click()
             image = (page.get_by_role("dialog") if opened else row).locator("img").first
             expect(image).to_be_attached()
-            width = image.evaluate("img => img.decode().then(() => img.naturalWidth, () => 0)")
+            width, drawn = image.evaluate(DRAWN_IMAGE_JS)
             assert width > 0, f"confusion_{kind}: its image does not load (naturalWidth {width})"
+            # A truncated PNG still has a width (its header) and decodes: only the rows it
+            # holds are drawn, the rest stay transparent.
+            assert drawn > 0.9, f"confusion_{kind}: its image is drawn only in part ({drawn:.0%} of its last row)"
             if opened:
                 page.keyboard.press("Escape")
                 expect(page.get_by_role("dialog")).to_have_count(0)
