@@ -10,9 +10,9 @@ INSTANCE := $(DAGSTER_HOME)/dagster.yaml
 
 .PHONY: setup browser run test test-all bench ui validate clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	# The editable install lives in .venv; setuptools' leftover build metadata is not needed.
 	rm -rf regime_pipeline.egg-info
 	touch $@
