@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import re
 import signal
@@ -32,18 +31,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 import pytest
 import yaml
 
-from regime_pipeline.configs import PROJECT_ROOT, splits
+from regime_pipeline.configs import PROJECT_ROOT
 from regime_pipeline.core.data.lake import MinuteLake
-from regime_pipeline.core.features import daily as F
-from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.definitions import all_assets
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.market_data import MarketData
-from regime_pipeline_tests.conftest import check_results, embedded_daily_bars, materialize_range, write_table
+from regime_pipeline_tests.conftest import check_results, materialize_range, write_detector_inputs
 
 pytestmark = pytest.mark.browser
 
@@ -108,35 +104,7 @@ def free_port() -> int:
 def train_detectors(data_dir: Path, instance: dg.DagsterInstance) -> None:
     """What the earlier stages leave in the warehouse (features, labels) for three assets, then
     the three detectors (`fast` profile) and their report on the test split, materialized."""
-    day = dt.timedelta(days=1)
-    bars = embedded_daily_bars()
-    bars = bars[bars["symbol"].isin(DETECTOR_SYMBOLS)].reset_index(drop=True)
-    train = splits()["train"]
-    params = F.fit_garch(bars, train.start, train.end + day)
-    first, end = bars["date"].min(), dt.date(2026, 1, 1)
-    tables = {
-        "daily_bars": bars,
-        "vol_features": F.vol_features(bars, params, first, end),
-        "trend_features": F.trend_features(bars, first, end),
-        "cross_features": F.cross_features(bars, first, end),
-    }
-    config = regimes.settings()
-    models = regimes.RegimeModels(
-        vol=regimes.fit_hmm(tables["vol_features"], "vol", train, config),
-        trend=regimes.fit_hmm(tables["trend_features"], "trend", train, config),
-    )
-    labels = []
-    for split in splits().values():
-        window = [regimes.in_window(tables[t], split.start, split.end) for t in ("vol_features", "trend_features", "cross_features")]
-        labels.append(regimes.label_window(models, *window, config).assign(split=split.name))
-    tables["regime_labels"] = pd.concat(labels, ignore_index=True)
-    for name, frame in tables.items():
-        write_table(str(data_dir / "warehouse.duckdb"), name, frame)
-    selected = {"vol": ["realized_vol_20d", "garch_sigma", "vol_ratio"],
-                "trend": ["momentum_50d", "rate_of_change", "trend_strength"],
-                "cross": ["avg_pairwise_corr"]}
-    (data_dir / "models").mkdir(parents=True, exist_ok=True)
-    (data_dir / "models" / "selected_features.json").write_text(json.dumps({g: {"selected": c} for g, c in selected.items()}))
+    write_detector_inputs(data_dir, DETECTOR_SYMBOLS)
     resources = build_resources(str(data_dir), MarketData(source="embedded"))
     fast = {"ops": {f"{k}_detector": {"config": {"profile": "fast"}} for k in ("vol", "trend", "cross")}}
     kinds = ["vol_detector", "trend_detector", "cross_detector"]
