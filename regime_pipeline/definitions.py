@@ -4,11 +4,15 @@ from typing import Any
 
 import dagster as dg
 
-from regime_pipeline.assets import allocation, bars, detectors, features, forecasts, regimes, trading, walk_forward
+from regime_pipeline.assets import (
+    allocation, bars, detectors, features, forecasts, regimes, trading, walk_forward, walk_forward_allocation,
+)
 from regime_pipeline.recovery import dead_run_sensor
 from regime_pipeline.resources import build_resources
 
-all_assets = dg.load_assets_from_modules([bars, features, forecasts, regimes, detectors, walk_forward, allocation, trading])
+all_assets = dg.load_assets_from_modules(
+    [bars, features, forecasts, regimes, detectors, walk_forward, allocation, walk_forward_allocation, trading]
+)
 
 bars_job = dg.define_asset_job(
     "bars_job",

@@ -33,6 +33,29 @@ def test_known_path_without_costs() -> None:
     np.testing.assert_allclose(res.costs, [0.0, 0.0])
 
 
+def test_a_book_can_start_from_the_weights_it_holds() -> None:
+    # Start: 0.6 of A, 0.2 of B, 0.2 cash at day 0's close (value 1.0): 0.06 A, 0.01 B.
+    initial = np.array([0.6, 0.2, 0.2])
+    res = simulate(OPEN, CLOSE, TARGETS, DECISIONS, 0.001, initial=initial)
+    # day 1 open: 0.06*10 + 0.01*20 + 0.2 = 1.0 (held through the night at unchanged opens);
+    # drifted (0.6, 0.2) -> target (0.5, 0.5): turnover 0.1 + 0.3 = 0.4, cost 0.0004.
+    np.testing.assert_allclose(res.turnover[0], 0.4)
+    np.testing.assert_allclose(res.costs[0], 0.0004)
+    np.testing.assert_allclose(res.equity[:2], [1.0, 1.05 * 0.9996])
+    np.testing.assert_allclose(res.weights[0], initial)
+    # The overnight gap before the first trade is earned by the held weights, not by cash.
+    gap_open = OPEN.copy()
+    gap_open[1] = [12.0, 20.0]  # A opens 20% up: 0.06*12 + 0.2 + 0.2 = 1.12 before the trade
+    gapped = simulate(gap_open, CLOSE, TARGETS, DECISIONS, 0.0, initial=initial)
+    cash_start = simulate(gap_open, CLOSE, TARGETS, DECISIONS, 0.0)
+    assert gapped.equity_open[1] == pytest.approx(1.12) and cash_start.equity_open[1] == pytest.approx(1.0)
+    # All cash as the initial weights is the default run, bit for bit.
+    np.testing.assert_array_equal(simulate(OPEN, CLOSE, TARGETS, DECISIONS, 0.001, initial=[0, 0, 1]).equity,
+                                  simulate(OPEN, CLOSE, TARGETS, DECISIONS, 0.001).equity)
+    with pytest.raises(ValueError, match="the start"):
+        simulate(OPEN, CLOSE, TARGETS, DECISIONS, 0.001, initial=[0.7, 0.7, 0.0])
+
+
 def test_costs_charged_as_documented() -> None:
     costs = Costs(fee_bps=7, slippage_bps=3)  # 10 bps per unit of turnover
     assert costs.rate == pytest.approx(0.001)

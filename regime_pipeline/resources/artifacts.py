@@ -35,15 +35,26 @@ def write_atomic(path: Path, payload: bytes) -> str:
 
 
 class JsonArtifactIOManager(dg.ConfigurableIOManager):
-    """Stores an asset's JSON-serialisable output as ``<root>/<asset>.json``."""
+    """Stores an asset's JSON-serialisable output as ``<root>/<asset>.json``, or for a
+    partitioned asset ``<root>/<asset>/<partition>.json`` (one partition per run). An input
+    loads one artifact, or ``{partition: artifact}`` of the partitions materialized so far when
+    it says so with ``AssetIn(metadata={"artifacts": "by_partition"})`` (e.g. every origin's
+    policy, for a report that says which are missing)."""
 
     root: str
 
-    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        return Path(self.root) / f"{context.asset_key.path[-1]}.json"
+    def _paths(self, context: dg.OutputContext | dg.InputContext) -> dict[str | None, Path]:
+        name = context.asset_key.path[-1]
+        if not context.has_asset_partitions:
+            return {None: Path(self.root) / f"{name}.json"}
+        return {key: Path(self.root) / name / f"{key}.json" for key in context.asset_partition_keys}
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        path = self._path(context)
+        paths = self._paths(context)
+        if len(paths) != 1:
+            raise ValueError(f"{context.asset_key.to_user_string()}: a model artifact is written one partition at a time, "
+                             f"not {len(paths)}")
+        path = next(iter(paths.values()))
         payload = json.dumps(obj, indent=1, sort_keys=True, default=_jsonable).encode()
         digest = write_atomic(path, payload)
         context.add_output_metadata(
@@ -51,10 +62,17 @@ class JsonArtifactIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> Any:
-        path = self._path(context)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: materialize {context.asset_key.to_user_string()} first")
-        return json.loads(path.read_text())
+        paths = self._paths(context)
+        if (context.definition_metadata or {}).get("artifacts") == "by_partition":
+            return {key: json.loads(path.read_text()) for key, path in paths.items() if path.exists()}
+        for key, path in paths.items():
+            if not path.exists():
+                what = context.asset_key.to_user_string() + (f" [{key}]" if key is not None else "")
+                raise FileNotFoundError(f"{path} does not exist: materialize {what} first")
+        if len(paths) != 1:
+            raise ValueError(f"{context.asset_key.to_user_string()}: {len(paths)} partitions for one artifact; "
+                             "declare the input with metadata={'artifacts': 'by_partition'}")
+        return json.loads(next(iter(paths.values())).read_text())
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,8 +10,9 @@ Model (long-only, N assets quoted in USDT plus USDT cash):
   traded at the OPEN of day d + 1. Between trades the *units* held are constant, so the
   weights drift with prices.
 * row 0 is the anchor day: the capital 1.0 is all cash at its close (``equity[0] = 1``,
-  ``returns[0] = 0``). Its close is the first moment a decision can be taken, so the first
-  possible trade is at the open of day 1. Metrics of a run use ``returns[1:]``
+  ``returns[0] = 0``), or held as the weights ``initial`` at that close (a book that continues
+  from positions it already holds). Its close is the first moment a decision can be taken, so
+  the first possible trade is at the open of day 1. Metrics of a run use ``returns[1:]``
   (:attr:`Result.period_returns`).
 * the return of a trade day d + 1 chains the overnight gap with the old holdings, the cost,
   and the day with the new holdings::
@@ -30,8 +31,10 @@ Model (long-only, N assets quoted in USDT plus USDT cash):
   counted once and NOT halved: cash -> 100% BTC is 1.0 (one buy), 100% BTC -> 100% ETH is
   2.0 (a sell and a buy), each paying the per-side fee + slippage.
 
-The loop runs over rebalances only (weekly: a few hundred over the whole history), a few
-operations each; the days are then computed all at once with array operations.
+No loop: between two trades the book only drifts, so the value at a trade's open is the value
+after the previous trade times the growth of the previous target's holdings, ``g_k = cash +
+Σ w_i · open_i[t_k] / open_i[t_k-1]``, and the value after each trade is a running product of
+``g_k · (1 - rate · turnover_k)``. Trades and then days are computed with array operations.
 """
 
 from __future__ import annotations
@@ -164,6 +167,7 @@ def simulate(
     *,
     dates: Sequence[Any] | np.ndarray | None = None,
     symbols: Sequence[str] | None = None,
+    initial: np.ndarray | Sequence[float] | None = None,
 ) -> Result:
     """Run the accounting described in the module docstring.
 
@@ -175,6 +179,8 @@ def simulate(
     :param cost: a :class:`Costs`, or the rate per unit of turnover as a fraction.
     :param dates: (T,) optional day labels, used in error messages and kept in the result.
     :param symbols: (N,) optional asset names, used in error messages and kept in the result.
+    :param initial: (N + 1,) weights held at the close of row 0 (value 1.0), cash last; default
+        all cash.
     :raises ValueError: bad shapes, invalid weights, a weight on an unlisted asset (naming
         the symbol and the trade day), or a held asset with a missing price.
     """
@@ -217,23 +223,40 @@ def simulate(
     clean = clean / clean.sum(axis=1, keepdims=True) if days.size else clean
     # An unlisted asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
     open_safe = np.where(np.isnan(open_), 1.0, open_)
+    start = np.zeros(n + 1)
+    start[n] = 1.0
+    if initial is not None:
+        start = np.asarray(initial, dtype="float64").reshape(-1)
+        validate_weights(start, close[0], symbol_names=symbols, day=f"the start ({label(0)}'s close)")
+        start = np.clip(start, 0.0, None) / np.clip(start, 0.0, None).sum()
+    start_units = start[:n] / np.where(np.isnan(close[0]), 1.0, close[0])  # value 1.0 at row 0's close
 
-    # The sequential part, trade by trade: the holdings after each trade. Segment k covers the
-    # days [bounds[k], bounds[k + 1]) held with seg_units[k] and seg_cash[k] (segment 0: the
-    # capital 1.0 in cash, before the first trade).
-    seg_units = np.zeros((days.size + 1, n))
-    seg_cash = np.ones(days.size + 1)
-    v_after = np.empty(days.size)
-    units, cash = seg_units[0], 1.0
-    for k, t in enumerate(trades):
-        held_open = units * open0[t]
-        v_open = cash + float(np.add.reduce(held_open))
-        turnover[k] = float(np.add.reduce(np.abs(targets[k, :n] - held_open / v_open)))
-        costs[k] = rate * turnover[k] * v_open
-        v_after[k] = v_open - costs[k]
-        units = clean[k, :n] * (v_after[k] / open_safe[t])
-        cash = float(clean[k, n] * v_after[k])
-        seg_units[k + 1], seg_cash[k + 1] = units, cash
+    # Trade by trade, as array operations: the drifted weights at each trade's open follow from
+    # the previous target and the open-to-open price ratios; the values are a running product.
+    n_trades = days.size
+    open_prev = open_safe[trades[:-1]]  # (K - 1, N): a placeholder 1 where the asset was not listed
+    held_growth = clean[:-1, :n] * (open0[trades[1:]] / open_prev)  # value at the next open per unit after the trade
+    # g_k: value at trade k's open over value after trade k - 1 (for the first trade: over the
+    # start value 1.0 at row 0's close, 1 when the book starts in cash)
+    growth = np.ones(n_trades)
+    growth[1:] = np.add.reduce(held_growth, axis=1) + clean[:-1, n]
+    drifted = np.zeros((n_trades, n))  # weights held at each trade's open, before it
+    drifted[1:] = held_growth / growth[1:, None]
+    if n_trades:
+        held_first = start_units * open0[trades[0]]
+        growth[0] = start[n] + float(np.add.reduce(held_first))
+        drifted[0] = held_first / growth[0]
+    turnover[:] = np.add.reduce(np.abs(targets[:, :n] - drifted), axis=1)
+    v_after = np.cumprod(growth * (1.0 - rate * turnover))
+    v_open = np.empty(n_trades)
+    v_open[:1] = growth[:1]
+    v_open[1:] = v_after[:-1] * growth[1:]
+    costs[:] = rate * turnover * v_open
+    seg_units = np.zeros((n_trades + 1, n))
+    seg_cash = np.ones(n_trades + 1)
+    seg_units[0], seg_cash[0] = start_units, start[n]
+    seg_units[1:] = clean[:, :n] * v_after[:, None] / open_safe[trades]
+    seg_cash[1:] = clean[:, n] * v_after
 
     # Everything per day, at once: holdings repeated over their segment's days.
     bounds = np.concatenate([[0], trades, [t_days]])
@@ -256,6 +279,7 @@ def simulate(
     # trade and its cost is recorded.
     value_open = cash_daily + (open0 * units_daily).sum(axis=1)
     value_open[trades] = v_after
+    value_open[0] = 1.0  # the anchor row's open precedes the start: the start value by convention
 
     returns = np.empty(t_days)
     returns[0] = 0.0

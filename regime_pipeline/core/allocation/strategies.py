@@ -195,8 +195,12 @@ def run_strategy(
     cost = s.costs if cost is None else cost
     days = decision_days(prices.dates, start, end, s.rebalance_weekday)
     first, last = int(days[0]), int(np.flatnonzero(prices.dates == end)[0])
-    # The strategy sees closes up to and including its decision day, nothing later.
-    targets = np.stack([strategy(prices.close[: d + 1]) for d in days])
+    # The strategy sees closes up to and including its decision day, nothing later; one built on
+    # causal per-day signals (rules.DailyRule) gives every decision's weights at once.
+    if hasattr(strategy, "targets"):
+        targets = strategy.targets(prices.close, days)
+    else:
+        targets = np.stack([strategy(prices.close[: d + 1]) for d in days])
     return simulate(
         prices.open[first : last + 1],
         prices.close[first : last + 1],

@@ -306,6 +306,12 @@ class Ledger:
             return None
         return StoredPlan(row[0], row[1], float(row[2]), bool(row[3]), json.loads(row[4]))
 
+    def plan_details(self) -> dict[dt.date, dict[str, Any]]:
+        """Every planned week's recorded details, by week."""
+        with open_db(self.path, read_only=True) as con:
+            rows = con.execute("SELECT week, details FROM plans ORDER BY week").fetchall()
+        return {week: json.loads(details) for week, details in rows}
+
     def last_planned_week(self) -> dt.date | None:
         with open_db(self.path, read_only=True) as con:
             return con.execute("SELECT max(week) FROM plans").fetchone()[0]
