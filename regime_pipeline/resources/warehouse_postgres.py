@@ -155,3 +155,22 @@ def read_postgres_table(
         return _query(local, "SELECT * FROM result", [])
     finally:
         local.close()
+
+
+def write_postgres_table(url: str, table: str, frame: pd.DataFrame, schema: str = WAREHOUSE_SCHEMA) -> None:
+    """Replace `schema.table` with `frame` in one transaction, typed as the IO manager types it
+    (loading a table the earlier stages would have left, in notebooks and tests)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
+        raise ValueError(f"table name {table!r}")
+    local = duckdb_connect()
+    try:
+        local.register("frame", frame)
+        with PostgresSchema(url, schema).connect() as con:
+            con.execute("SELECT pg_advisory_xact_lock(?, ?)", list(advisory_keys(schema, table)))
+            con.execute(f"DROP TABLE IF EXISTS {schema}.{_ident(table)}")
+            writer = _PostgresSlice(con, local, schema, table)
+            writer.create_table()
+            writer.insert()
+            writer.commit()
+    finally:
+        local.close()

@@ -160,6 +160,9 @@ class ObjectMinuteLake(MinuteLake):
             contents = fs.cat([p.path for p in paths])
             for (symbol, month, _, _), path in zip(rows, paths):
                 table = pq.read_table(io.BytesIO(contents[path.path]))
+                # As DuckDB reads the local files: timestamps in microseconds.
+                at = table.schema.get_field_index("open_time")
+                table = table.set_column(at, "open_time", table.column(at).cast(pa.timestamp("us")))
                 n = table.num_rows
                 tables.append(table.append_column("symbol", pa.array([symbol] * n, pa.string()))
                               .append_column("month", pa.array([month] * n, pa.string())))
