@@ -57,13 +57,27 @@ def _check_finite(asset: str, frame: pd.DataFrame) -> dg.AssetCheckResult:
 
 
 def require_bars(
-    daily_bars: pd.DataFrame, start: dt.date, end: dt.date, lookback_days: int = features.LOOKBACK_DAYS
+    daily_bars: pd.DataFrame, start: dt.date, end: dt.date, lookback_days: int = features.LOOKBACK_DAYS,
+    log=None,
 ) -> None:
     """Fail unless `daily_bars` holds a bar for every listed asset on every day of ``[start, end)``
     and the `lookback_days` before it: values computed from missing bars would be masked, and would
-    replace good stored rows with fewer or none."""
+    replace good stored rows with fewer or none.
+
+    A listed asset without a single bar in that window is one the market data source has no data
+    for at all (`daily_bars`' coverage check warned about it): it is masked, as before its listing,
+    and named in a warning to `log`. With no bar for any asset, `daily_bars` was not materialized.
+    """
     first = max(start - dt.timedelta(days=lookback_days), history_start())
-    missing, _ = quality.coverage_gaps(daily_bars, universe().listing_dates(), first, end)
+    listed = universe().listing_dates()
+    missing, _ = quality.coverage_gaps(daily_bars, listed, first, end)
+    present = set(daily_bars["symbol"]) if len(daily_bars) else set()
+    absent = sorted(set(missing["symbol"]) - present) if present else []
+    if absent:
+        missing = missing.loc[~missing["symbol"].isin(absent)]
+        if log is not None:
+            log.warning(f"no daily bar at all for {', '.join(absent)} in {first}..{end - dt.timedelta(days=1)} "
+                        "(no market data for them): masked, as if not listed")
     if missing.empty:
         return
     examples = ", ".join(f"{s} {d}" for s, d in missing.head(5).itertuples(index=False))
@@ -118,7 +132,7 @@ def vol_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame, ga
     """Per (date, symbol): realized_vol_20d, garch_sigma, har_daily, har_weekly, vol_ratio
     (annualised with 365 days; formulas in configs/features.yaml)."""
     start, end = window_days(context)
-    require_bars(daily_bars, start, end)
+    require_bars(daily_bars, start, end, log=context.log)
     params = {s: features.GarchParams.from_dict(p) for s, p in garch_params.items()}
     frame = features.vol_features(daily_bars, params, start, end)
     yield from _feature_output(context, "vol_features", frame, start, end)
@@ -129,7 +143,7 @@ def trend_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
     """Per (date, symbol): rate_of_change, close_normalized, momentum_50d,
     return_skewness_30d, trend_strength, volume_trend (configs/features.yaml)."""
     start, end = window_days(context)
-    require_bars(daily_bars, start, end)
+    require_bars(daily_bars, start, end, log=context.log)
     frame = features.trend_features(daily_bars, start, end)
     yield from _feature_output(context, "trend_features", frame, start, end)
 
@@ -139,6 +153,6 @@ def cross_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
     """Per date, across the listed assets: n_assets, avg_pairwise_corr, btc_dominance,
     vol_dispersion, corr_stability (configs/features.yaml)."""
     start, end = window_days(context)
-    require_bars(daily_bars, start, end)
+    require_bars(daily_bars, start, end, log=context.log)
     frame = features.cross_features(daily_bars, start, end)
     yield from _feature_output(context, "cross_features", frame, start, end)

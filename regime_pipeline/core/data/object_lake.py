@@ -72,6 +72,8 @@ class ObjectMinuteLake(MinuteLake):
     def _rows(self, symbols: Sequence[str] | None = None, months: tuple[str, str] | None = None) -> list[tuple]:
         """``(symbol, month, key, days)`` of the manifest's current objects."""
         clauses, params = ["lake = ?"], [self.name]
+        if symbols is not None and not len(symbols):
+            return []
         if symbols is not None:
             clauses.append(f"symbol IN ({', '.join('?' for _ in symbols)})")
             params += list(symbols)
