@@ -330,8 +330,13 @@ def test_the_kubernetes_configuration_loads_and_sizes_the_heavy_steps(tmp_path, 
         assert pod["container_config"]["resources"]["requests"] == {"cpu": str(size["cpu"]), "memory": size["memory"]}, step
     assert "dagster-k8s/config" not in defs.get_assets_def("daily_bars").op.tags
 
-    # The workspace names the code location's gRPC server.
+    # The workspace names the code location's gRPC server, and validates against Dagster's schema.
+    from dagster._core.workspace.config_schema import process_workspace_config
+
+    monkeypatch.setenv("REGIME_CODE_LOCATION_HOST", "regime-code")
     workspace = yaml.safe_load((PROJECT_ROOT / "deploy" / "cluster" / "workspace.yaml").read_text())
+    checked = process_workspace_config(workspace)
+    assert checked.success, [e.message for e in checked.errors]
     assert workspace["load_from"][0]["grpc_server"]["port"] == 4000
 
 
