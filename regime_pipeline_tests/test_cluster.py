@@ -349,3 +349,62 @@ def _validated(launcher_config: dict) -> dict:
     result = process_config(resolve_to_config_type(K8sRunLauncher.config_type()), launcher_config)
     assert result.success, [e.message for e in result.errors]
     return result.value
+
+
+# -------------------------------------------------------------------------------- the backends alone
+
+
+def test_the_postgres_warehouse_keeps_the_slice_rules(services):
+    from regime_pipeline.resources.warehouse_postgres import PostgresTableIOManager, read_postgres_table
+    from regime_pipeline_tests.test_warehouse import _asset, _frame
+
+    postgres, _ = services
+    url = postgres.create_database("slices")
+    io = {"io_manager": PostgresTableIOManager(url=url)}
+
+    def run(asset, key):
+        return dg.materialize([asset], resources=io, partition_key=key)
+
+    value = {"x": 1.0}
+    asset = _asset(lambda ctx: _frame([ctx.partition_key], value["x"]))
+    run(asset, "2024-01-01")
+    run(asset, "2024-01-02")
+    value["x"] = 2.0
+    run(asset, "2024-01-01")  # replaced, not appended
+    assert read_postgres_table(url, "table").sort_values("date")["x"].tolist() == [2.0, 1.0]
+
+    stray = _asset(lambda ctx: _frame(["2024-01-01", "2024-01-05"], 9.0))
+    with pytest.raises(ValueError, match=r"1 rows fall outside the partitions being written"):
+        run(stray, "2024-01-01")
+    failing = _asset(lambda ctx: _frame([ctx.partition_key], 0.0).assign(x="not a number"))
+    with pytest.raises(Exception):
+        run(failing, "2024-01-01")  # the insert fails after the delete: both roll back
+    empty = _asset(lambda ctx: _frame([], 0.0))
+    with pytest.raises(ValueError, match=r"empty but 1 rows are stored there; refusing"):
+        run(empty, "2024-01-01")
+    assert read_postgres_table(url, "table").sort_values("date")["x"].tolist() == [2.0, 1.0]
+
+    wider = _asset(lambda ctx: _frame([ctx.partition_key], 3.0).assign(y=7)[["y", "x", "date"]])
+    run(wider, "2024-01-03")  # by name, with a new column
+    stored = read_postgres_table(url, "table").sort_values("date")
+    assert stored["x"].tolist() == [2.0, 1.0, 3.0] and stored["y"].isna().tolist() == [True, True, False]
+
+
+def test_the_postgres_ledger_holds_one_rebalance_at_a_time(services):
+    from regime_pipeline.core.database import PostgresSchema
+    from regime_pipeline.core.trading.ledger import Ledger, LedgerError
+
+    postgres, _ = services
+    url = postgres.create_database("books")
+    ledger = Ledger(PostgresSchema(url, "ledger_paper"), initial_cash=10_000.0)
+    other = Ledger(PostgresSchema(url, "ledger_paper"), initial_cash=1.0)  # as another pod would open it
+    assert other.cash() == 10_000.0  # deposited once
+    with ledger.exclusive():
+        with pytest.raises(LedgerError, match="held by another process"):
+            with other.exclusive(wait_s=0.2):
+                pass
+    with other.exclusive(wait_s=0.2):  # released with the transaction
+        pass
+    # Another book's lock is its own.
+    with ledger.exclusive(), Ledger(PostgresSchema(url, "ledger_binance_testnet"), initial_cash=1.0).exclusive(wait_s=0.2):
+        pass
