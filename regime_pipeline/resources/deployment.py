@@ -109,3 +109,14 @@ def executor_from_env():
     if name != "multiprocess":
         raise ValueError(f"{STEP_EXECUTOR_ENV}={name!r}: expected 'k8s' or 'multiprocess'")
     return None
+
+
+def origin_backfill_policy():
+    """How a backfill of walk-forward origins is split into runs: locally one run, whose step
+    trains the origins in a process pool; in the cluster a run per origin, so each origin's
+    training gets a pod of its own (and the run queue's backfill limit spreads them)."""
+    import dagster as dg
+
+    if (os.environ.get(DEPLOYMENT_ENV, "local") or "local") == "cluster":
+        return dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
+    return dg.BackfillPolicy.single_run()
