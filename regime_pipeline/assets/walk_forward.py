@@ -69,7 +69,7 @@ def walk_forward_models(
     profile = _profile(config)
     workers = config.workers or int(wf.settings()["workers"])
     labelers, trained = wf.fit_origins(daily_bars, trend_features, cross_features, origins, storage.models_dir,
-                                       profile, workers, log=context.log.info)
+                                       profile, workers, log=context.log.info, warn=context.log.warning)
     windows = pd.DataFrame([{**labelers[o].windows.record(), "garch_median_for": ", ".join(labelers[o].garch_pooled) or "none"}
                             for o in origins])
     summary = pd.DataFrame([{k: r[k] for k in ("origin", "target", "kind", "best_epoch", "epochs_run", "val_macro_f1",
