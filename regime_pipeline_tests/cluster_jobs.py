@@ -45,7 +45,7 @@ def _job(name: str, selection: list[str]) -> dg.JobDefinition:
         jobs=[dg.define_asset_job(name, selection=selection)],
         resources=build_resources(market_data=MarketData(source="embedded")),
     )
-    return defs.get_job_def(name)
+    return defs.resolve_job_def(name)
 
 
 def week_job() -> dg.JobDefinition:

@@ -321,7 +321,7 @@ def test_the_kubernetes_configuration_loads_and_sizes_the_heavy_steps(tmp_path, 
     from regime_pipeline.definitions import build_defs
 
     defs = build_defs()
-    job = defs.get_job_def("daily_update_job")
+    job = defs.resolve_job_def("daily_update_job")
     assert job.executor_def.name == "k8s_step_executor"
     sizes = yaml.safe_load((PROJECT_ROOT / "regime_pipeline" / "configs" / "deployment.yaml").read_text())["heavy_steps"]
     for step, size in sizes.items():
