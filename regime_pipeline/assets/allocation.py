@@ -16,6 +16,7 @@ from regime_pipeline.core.allocation.strategies import backtest_benchmarks
 from regime_pipeline.core.plots import figure_to_markdown, plot_equity_curves, plot_learning_curves
 from regime_pipeline.partitions import SPLIT
 from regime_pipeline.resources.artifacts import write_atomic
+from regime_pipeline.resources.deployment import step_tags
 from regime_pipeline.resources.storage import ProjectStorage
 
 GROUP = "allocation"
@@ -119,6 +120,7 @@ def train_ensemble(
     io_manager_key="model_io_manager",
     ins={"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabilities": dg.AssetIn(partition_mapping=ALL)},
     kinds={"pytorch"},
+    op_tags=step_tags("ppo_policy"),
 )
 def ppo_policy(
     context: dg.AssetExecutionContext, config: PolicyConfig, storage: ProjectStorage,

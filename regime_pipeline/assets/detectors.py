@@ -13,6 +13,7 @@ from regime_pipeline.core.regimes import detectors
 from regime_pipeline.core.regimes.metrics import plot_confusion
 from regime_pipeline.core.plots import figure_to_markdown, plot_attention, plot_training
 from regime_pipeline.partitions import DAILY, SPLIT
+from regime_pipeline.resources.deployment import step_tags
 from regime_pipeline.resources.storage import ProjectStorage
 
 GROUP = "detectors"
@@ -61,6 +62,7 @@ def _train_sequence(context, config: DetectorConfig, storage: ProjectStorage, ki
     group_name=GROUP,
     ins={"vol_features": dg.AssetIn(partition_mapping=ALL), "regime_labels": dg.AssetIn(partition_mapping=TRAIN_VAL)},
     kinds={"pytorch"},
+    op_tags=step_tags("vol_detector"),
 )
 def vol_detector(
     context: dg.AssetExecutionContext, config: DetectorConfig, storage: ProjectStorage,
@@ -76,6 +78,7 @@ def vol_detector(
     group_name=GROUP,
     ins={"trend_features": dg.AssetIn(partition_mapping=ALL), "regime_labels": dg.AssetIn(partition_mapping=TRAIN_VAL)},
     kinds={"pytorch"},
+    op_tags=step_tags("trend_detector"),
 )
 def trend_detector(
     context: dg.AssetExecutionContext, config: DetectorConfig, storage: ProjectStorage,
@@ -95,6 +98,7 @@ def trend_detector(
         "selected_features": dg.AssetIn(),
     },
     kinds={"pytorch"},
+    op_tags=step_tags("cross_detector"),
 )
 def cross_detector(
     context: dg.AssetExecutionContext, config: DetectorConfig, storage: ProjectStorage,
