@@ -48,11 +48,14 @@ def check_results(result) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def embedded_daily_bars() -> pd.DataFrame:
-    """The embedded daily klines in the `daily_bars` table's shape (source='klines')."""
+def embedded_daily_bars(symbols: list[str] | None = None) -> pd.DataFrame:
+    """The embedded daily klines of `symbols` (default: the universe's) in the `daily_bars`
+    table's shape (source='klines')."""
+    from regime_pipeline.configs import universe
     from regime_pipeline.core.data.bars import DAILY_BAR_COLUMNS
 
     frame = pd.read_parquet(EMBEDDED / "daily_klines.parquet")
+    frame = frame.loc[frame["symbol"].isin(universe().symbols if symbols is None else symbols)]
     frame = frame.assign(source="klines", n_minutes=pd.array([pd.NA] * len(frame), dtype="Int32"))
     frame["date"] = pd.to_datetime(frame["date"]).dt.date
     return frame[DAILY_BAR_COLUMNS].sort_values(["date", "symbol"]).reset_index(drop=True)
