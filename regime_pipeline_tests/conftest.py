@@ -1,8 +1,15 @@
-"""Shared fixtures: a throw-away data directory and a Dagster instance per test."""
+"""Shared fixtures: a throw-away data directory and a Dagster instance per test.
+
+Tests run on the fixed universe (the 13 survivors) unless they choose the point-in-time one
+(:func:`universe_mode`), so the behaviour of each stage is tested on the data it always had, and
+the point-in-time universe by the tests written for it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -10,9 +17,40 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from regime_pipeline.configs import PROJECT_ROOT
+os.environ.setdefault("REGIME_UNIVERSE", "fixed")
+
+from regime_pipeline.configs import PROJECT_ROOT  # noqa: E402
 
 EMBEDDED = PROJECT_ROOT / "data" / "embedded"
+
+
+@contextlib.contextmanager
+def universe_mode(mode: str):
+    """Run the enclosed code with configs/universe.yaml's `mode` set to `mode`."""
+    from regime_pipeline.configs import UNIVERSE_ENV, universe
+
+    before = os.environ.get(UNIVERSE_ENV)
+    os.environ[UNIVERSE_ENV] = mode
+    universe.cache_clear()
+    try:
+        yield universe()
+    finally:
+        if before is None:
+            os.environ.pop(UNIVERSE_ENV, None)
+        else:
+            os.environ[UNIVERSE_ENV] = before
+        universe.cache_clear()
+
+
+def embedded_universe(bars: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The `universe` table of the configured mode on the embedded bars of every candidate
+    (or on `bars`), as the `universe` asset stores it."""
+    from regime_pipeline.configs import history_start, load_yaml, universe
+    from regime_pipeline.core.data.universe import membership
+
+    bars = embedded_daily_bars(universe().symbols) if bars is None else bars
+    last = max(bars["date"]) + dt.timedelta(days=1)
+    return membership(bars, history_start(), last, universe(), int(load_yaml("backtest")["rebalance_weekday"]))
 
 
 @pytest.fixture
@@ -49,13 +87,13 @@ def check_results(result) -> dict[str, bool]:
 
 
 def embedded_daily_bars(symbols: list[str] | None = None) -> pd.DataFrame:
-    """The embedded daily klines of `symbols` (default: the universe's) in the `daily_bars`
-    table's shape (source='klines')."""
+    """The embedded daily klines of `symbols` (default: the 13 of the fixed universe) in the
+    `daily_bars` table's shape (source='klines')."""
     from regime_pipeline.configs import universe
     from regime_pipeline.core.data.bars import DAILY_BAR_COLUMNS
 
     frame = pd.read_parquet(EMBEDDED / "daily_klines.parquet")
-    frame = frame.loc[frame["symbol"].isin(universe().symbols if symbols is None else symbols)]
+    frame = frame.loc[frame["symbol"].isin(universe().fixed if symbols is None else symbols)]
     frame = frame.assign(source="klines", n_minutes=pd.array([pd.NA] * len(frame), dtype="Int32"))
     frame["date"] = pd.to_datetime(frame["date"]).dt.date
     return frame[DAILY_BAR_COLUMNS].sort_values(["date", "symbol"]).reset_index(drop=True)

@@ -25,7 +25,7 @@ from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.artifacts import sha256_file
 from regime_pipeline.resources.market_data import MarketData
 from regime_pipeline.resources.warehouse import read_table
-from regime_pipeline_tests.conftest import embedded_daily_bars, materialize_range, write_table
+from regime_pipeline_tests.conftest import embedded_daily_bars, embedded_universe, materialize_range, write_table
 
 DAY = dt.timedelta(days=1)
 FAST = {"ops": {name: {"config": {"profile": "fast"}} for name in ("vol_detector", "trend_detector", "cross_detector")}}
@@ -43,6 +43,7 @@ def trained(tmp_path_factory):
         "vol_features": F.vol_features(bars, params, first, end),
         "trend_features": F.trend_features(bars, first, end),
         "cross_features": F.cross_features(bars, first, end),
+        "universe": embedded_universe(bars),
     }
     config = regimes.settings()
     models = regimes.RegimeModels(

@@ -26,7 +26,7 @@ DAILY_BAR_CHECK_SPECS = [
     dg.AssetCheckSpec("unique_symbol_date", asset=ASSET, blocking=True,
                       description="at most one bar per (symbol, date)"),
     dg.AssetCheckSpec("coverage", asset=ASSET, blocking=True,
-                      description="every listed symbol has a bar on every day from its listing, none before"),
+                      description="every listed symbol has a bar on every day from its listing to its last bar, none outside"),
     dg.AssetCheckSpec("minutes_match_klines", asset=ASSET, blocking=True,
                       description="bars aggregated from 1-minute bars equal the exchange's daily klines"),
 ]
@@ -47,9 +47,10 @@ def daily_bar_checks(
     bars: pd.DataFrame, minute_daily: pd.DataFrame, klines: pd.DataFrame, start: dt.date, end: dt.date
 ) -> list[dg.AssetCheckResult]:
     """Evaluate every check in :data:`DAILY_BAR_CHECK_SPECS` on the bars of ``[start, end)``."""
-    missing, before_listing = quality.coverage_gaps(bars, universe().listing_dates(), start, end)
+    known = universe()
+    missing, outside = quality.coverage_gaps(bars, known.listing_dates(), start, end, known.last_bars())
     coverage_bad = pd.concat(
-        [missing.assign(problem="no bar"), before_listing[["symbol", "date"]].assign(problem="bar before listing")],
+        [missing.assign(problem="no bar"), outside[["symbol", "date"]].assign(problem="bar outside listing .. last bar")],
         ignore_index=True,
     )
     tolerances = data_settings()["reconciliation"]
@@ -61,7 +62,7 @@ def daily_bar_checks(
         _result("ohlc_consistent", quality.ohlc_inconsistent(bars)),
         _result("positive_prices", quality.nonpositive_prices(bars)),
         _result("unique_symbol_date", quality.duplicate_keys(bars, ["symbol", "date"])),
-        _result("coverage", coverage_bad, missing_days=len(missing), bars_before_listing=len(before_listing)),
+        _result("coverage", coverage_bad, missing_days=len(missing), bars_outside_span=len(outside)),
         _result(
             "minutes_match_klines",
             mismatches,

@@ -157,7 +157,7 @@ class Prices:
 def wide_prices(bars: pd.DataFrame, end: dt.date | str | None = None, symbols: Sequence[str] | None = None) -> Prices:
     """Pivot `daily_bars` rows to (T, N) arrays over every calendar day from the first bar to
     `end` (inclusive). Columns follow the universe order; a day without a bar stays NaN."""
-    symbols = tuple(universe().symbols if symbols is None else symbols)
+    symbols = tuple(universe().candidates if symbols is None else symbols)
     frame = bars.loc[bars["symbol"].isin(symbols), ["date", "symbol", "open", "close"]]
     dates = pd.to_datetime(frame["date"])
     last = dates.max() if end is None else pd.Timestamp(end)
