@@ -125,3 +125,34 @@ def test_a_target_on_an_asset_without_a_full_bar_is_refused():
     decisions = [_day(dates, dt.date(2022, 10, 16))]
     with pytest.raises(ValueError, match=r"2022-10-17.*FTTUSDT, which cannot be traded"):
         simulate(open_, close, np.array([[0.5, 0.5, 0.0]]), decisions, COSTS, dates=dates, symbols=symbols)
+
+
+def test_benchmarks_hold_the_members_of_the_day_and_luna_into_its_collapse():
+    """Equal weight over the point-in-time members of each decision: LUNA (a member in May 2022)
+    is held into its collapse, sold at its last close, and never weighed again."""
+    from regime_pipeline.configs import universe
+    from regime_pipeline.core.allocation.strategies import benchmark_results, wide_prices
+    from regime_pipeline.core.data.universe import membership
+
+    pit = universe().with_mode("point_in_time")
+    bars = embedded_daily_bars(pit.symbols)
+    closes = pd.read_parquet(EMBEDDED / "daily_closes.parquet")
+    closes["date"] = pd.to_datetime(closes["date"]).dt.date
+    rows = membership(bars, dt.date(2021, 10, 1), dt.date(2023, 1, 1), pit, 0)
+    prices = wide_prices(bars, dt.date(2022, 12, 31), symbols=pit.symbols, closes=closes, universe_rows=rows)
+    result = benchmark_results(prices, dt.date(2022, 1, 1), dt.date(2022, 12, 31))["equal_weight"]
+    luna = pit.symbols.index("LUNAUSDT")
+    dates = list(result.dates)
+    for target, day in zip(result.targets, result.rebalance_days):
+        decided = prices.dates.tolist().index(dates[day]) - 1
+        weighed = np.flatnonzero(target[:-1] > 0)
+        assert set(weighed) <= set(np.flatnonzero(prices.members[decided])), dates[day]
+        assert len(weighed) <= 13
+    may13 = dates.index(dt.date(2022, 5, 13))
+    assert result.weights[may13 - 1, luna] > 0.0  # held into the collapse
+    assert (result.weights[may13:, luna] == 0.0).all()
+    # LUNA lost 99.99% that week: the book's loss from its last rebalance to 05-13 includes its share.
+    may8, may9 = dates.index(dt.date(2022, 5, 8)), dates.index(dt.date(2022, 5, 9))
+    share = result.targets[list(result.rebalance_days).index(may9), luna]
+    assert share == pytest.approx(1 / 13)
+    assert result.equity[may13] / result.equity[may8] < 1.0 - 0.9 * share

@@ -51,7 +51,7 @@ class AllocationData:
     def through(self, day: dt.date) -> AllocationData:
         """The same data cut after `day` (inclusive)."""
         keep = self.prices.dates <= day
-        prices = Prices(self.prices.dates[keep], self.prices.symbols, self.prices.open[keep], self.prices.close[keep])
+        prices = self.prices.cut(keep)
         return AllocationData(prices, self.probs[keep], self.prob_columns)
 
     def padded(self, days: int) -> AllocationData:
@@ -59,9 +59,11 @@ class AllocationData:
         close, no probabilities. For an environment whose last decision is the last real close."""
         dates = np.array([self.prices.dates[-1] + dt.timedelta(days=i) for i in range(1, days + 1)])
         last = np.repeat(self.prices.close[-1:], days, axis=0)
+        members = self.prices.members
         prices = Prices(
             np.concatenate([self.prices.dates, dates]), self.prices.symbols,
             np.vstack([self.prices.open, last]), np.vstack([self.prices.close, last]),
+            None if members is None else np.vstack([members, np.repeat(members[-1:], days, axis=0)]),
         )
         return AllocationData(prices, np.vstack([self.probs, np.full((days, self.probs.shape[1]), np.nan)]), self.prob_columns)
 
