@@ -42,4 +42,4 @@ validate: setup
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
 clean:
-	rm -rf data/dagster data/lake data/warehouse.duckdb data/models data/reports
+	rm -rf data/dagster data/lake data/warehouse.duckdb data/models data/reports data/ledger

@@ -3,6 +3,10 @@
 Each stage materializes a selection of assets in this process against the Dagster
 instance in ``$DAGSTER_HOME`` (the project root's ``dagster.yaml`` keeps it under
 ``data/``), so every run, materialization and check shows up in the UI afterwards.
+
+The terminal shows one progress line per stage (partitions materialized, elapsed time),
+the runs' warnings and errors in full, then the results. Dagster's own per-event log lines
+stay in the runs' logs, in the UI; ``--verbose`` prints them here as well.
 """
 
 from __future__ import annotations
@@ -10,16 +14,23 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
+import shutil
 import sys
+import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TextIO
 
 import dagster as dg
 import pandas as pd
+from dagster._core.events import DagsterEventType
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.utils import make_new_run_id
 
 from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start, splits
 from regime_pipeline.core.regimes import labels as regimes
@@ -62,6 +73,20 @@ STAGES = (
 )
 
 
+# Run config that keeps Dagster's console logger, which prints a line per event, quiet; the
+# events stay in the run's logs, in the UI.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One Dagster run of a stage."""
+
+    label: str  # which partitions, as the stage's header shows them
+    kwargs: dict[str, Any]  # the partition arguments of `execute_in_process`
+    partitions: int  # partitions of each of the stage's assets the run materializes
+
+
 def _instance() -> dg.DagsterInstance:
     """The instance in ``$DAGSTER_HOME``; by default ``data/dagster``, configured by the
     project root's ``dagster.yaml`` (linked there, as `make` does)."""
@@ -87,41 +112,162 @@ def paper_weeks(last: dt.date) -> list[dt.date]:
     return [first + dt.timedelta(days=7 * i) for i in range((final - first).days // 7 + 1)]
 
 
-def run_stage(stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterInstance) -> None:
-    """Materialize `stage`: one run over ``first..last``, one run per split, or one run."""
+def _range_tags(first: dt.date, last: dt.date) -> dict[str, Any]:
+    return {"tags": {ASSET_PARTITION_RANGE_START_TAG: first.isoformat(), ASSET_PARTITION_RANGE_END_TAG: last.isoformat()}}
+
+
+def stage_runs(stage: Stage, first: dt.date, last: dt.date) -> list[StageRun]:
+    """The runs that materialize `stage`: one over ``first..last``, one per split, every origin in
+    one, one per origin, or one."""
+    if stage.partitions == "daily":
+        return [StageRun(f"{first} .. {last}", _range_tags(first, last), (last - first).days + 1)]
+    if stage.partitions == "weekly":
+        weeks = paper_weeks(last)
+        return [StageRun(f"{weeks[0]} .. {weeks[-1]} ({len(weeks)} weeks)", _range_tags(weeks[0], weeks[-1]), len(weeks))]
+    if stage.partitions == "split":
+        return [StageRun(split, {"partition_key": split}, 1) for split in SPLIT_NAMES]
+    if stage.partitions == "origins":
+        tags = {ASSET_PARTITION_RANGE_START_TAG: ORIGIN_NAMES[0], ASSET_PARTITION_RANGE_END_TAG: ORIGIN_NAMES[-1]}
+        return [StageRun(f"origins {ORIGIN_NAMES[0]} .. {ORIGIN_NAMES[-1]}", {"tags": tags}, len(ORIGIN_NAMES))]
+    if stage.partitions == "origin":
+        return [StageRun(f"origin {origin}", {"partition_key": origin}, 1) for origin in ORIGIN_NAMES]
+    return [StageRun("", {}, 1)]
+
+
+def _seconds(elapsed: float) -> str:
+    return f"{elapsed:.1f} s" if elapsed < 60 else f"{int(elapsed // 60)} min {elapsed % 60:02.0f} s"
+
+
+def _level(entry: EventLogEntry) -> int:
+    level = entry.level
+    return level if isinstance(level, int) else logging.getLevelName(str(level).upper())
+
+
+@dataclass
+class Progress:
+    """What `regime-pipeline run` prints while it works.
+
+    Per stage: a header naming its assets and partitions, then one line with the partitions
+    materialized (of those its runs planned) and the elapsed time. On a terminal the line is
+    redrawn in place every second and ends with the stage's latest log message; otherwise it is
+    printed once, when the stage ends. Warnings and errors of the runs are printed in full, as
+    they come. `on_event` is registered as an event listener of each run.
+    """
+
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    live: bool = False
+    planned: int = 0
+    done: int = 0
+    note: str = ""
+    began: float = 0.0
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _ticker: threading.Thread | None = None
+    _drawn: bool = False
+
+    def begin(self, stage: Stage, runs: list[StageRun]) -> None:
+        labels = ", ".join(r.label for r in runs if r.label)
+        self.planned, self.done, self.note = len(stage.assets) * sum(r.partitions for r in runs), 0, ""
+        self.began = time.monotonic()
+        self._print(f"==> {stage.name}: {', '.join(stage.assets)} {labels}".rstrip())
+        if self.live:
+            self._stop.clear()
+            self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+            self._ticker.start()
+
+    def on_event(self, entry: EventLogEntry) -> None:
+        event = entry.dagster_event
+        with self._lock:
+            if event is not None and event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                self.done += 1
+            elif event is None and entry.user_message:
+                self.note = entry.user_message.splitlines()[0]
+            if _level(entry) >= logging.WARNING:
+                self._print(self._describe(entry))
+            elif self.live and (event is None or self.done % 500 == 0):
+                self._draw()
+
+    def end(self) -> float:
+        """Stop the stage's line and print it for good; the stage's elapsed seconds."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        elapsed = time.monotonic() - self.began
+        with self._lock:
+            self.note = ""
+            self._draw(final=True)
+        return elapsed
+
+    def _describe(self, entry: EventLogEntry) -> str:
+        kind = logging.getLevelName(_level(entry)).lower()
+        where = f" [{entry.step_key}]" if entry.step_key else ""
+        text = f"    {kind}{where}: {entry.user_message or entry.message}"
+        event = entry.dagster_event
+        error = getattr(event.event_specific_data, "error", None) if event is not None else None
+        if error is not None:
+            text += "\n" + error.to_string().rstrip()
+        return text
+
+    def _line(self) -> str:
+        line = f"    {self.done:,}/{self.planned:,} partitions, {_seconds(time.monotonic() - self.began)}"
+        return f"{line}  {self.note}" if self.note else line
+
+    def _draw(self, final: bool = False) -> None:
+        if self.live:
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            self.out.write("\r\033[K" + self._line()[:width] + ("\n" if final else ""))
+            self.out.flush()
+            self._drawn = not final
+        elif final:
+            self._print(self._line())
+
+    def _print(self, text: str) -> None:
+        with self._lock:
+            if self._drawn:
+                self.out.write("\r\033[K")
+            self.out.write(text + "\n")
+            self.out.flush()
+            if self._drawn:
+                self._draw()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                self._draw()
+
+
+def run_stage(stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterInstance, progress: Progress,
+              verbose: bool = False) -> float:
+    """Materialize `stage` (see `stage_runs`), reporting to `progress`; its elapsed seconds."""
     from regime_pipeline.definitions import build_defs
 
     # Resources are read from the environment now, not when the module was first imported.
     defs = build_defs()
     keys = [dg.AssetKey(name) for name in stage.assets]
     job = defs.resolve_implicit_job_def_def_for_assets(keys)
-    if stage.partitions == "daily":
-        runs = [(f"{first} .. {last}", {"tags": {ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
-                                                  ASSET_PARTITION_RANGE_END_TAG: last.isoformat()}})]
-    elif stage.partitions == "weekly":
-        weeks = paper_weeks(last)
-        runs = [(f"{weeks[0]} .. {weeks[-1]} ({len(weeks)} weeks)",
-                 {"tags": {ASSET_PARTITION_RANGE_START_TAG: weeks[0].isoformat(),
-                           ASSET_PARTITION_RANGE_END_TAG: weeks[-1].isoformat()}})]
-    elif stage.partitions == "split":
-        runs = [(split, {"partition_key": split}) for split in SPLIT_NAMES]
-    elif stage.partitions == "origins":
-        runs = [(f"origins {ORIGIN_NAMES[0]} .. {ORIGIN_NAMES[-1]}",
-                 {"tags": {ASSET_PARTITION_RANGE_START_TAG: ORIGIN_NAMES[0], ASSET_PARTITION_RANGE_END_TAG: ORIGIN_NAMES[-1]}})]
-    elif stage.partitions == "origin":
-        runs = [(f"origin {origin}", {"partition_key": origin}) for origin in ORIGIN_NAMES]
-    else:
-        runs = [("", {})]
-    for label, kwargs in runs:
-        began = time.monotonic()
-        print(f"==> {stage.name}: {', '.join(stage.assets)} {label}".rstrip(), flush=True)
-        result = job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False, **kwargs)
-        failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    run_config = {} if verbose else QUIET_CONSOLE
+    runs = stage_runs(stage, first, last)
+    failed = None
+    progress.begin(stage, runs)
+    try:
+        for run in runs:
+            run_id = make_new_run_id()
+            instance.add_event_listener(run_id, progress.on_event)
+            result = job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False,
+                                            run_id=run_id, run_config=run_config, **run.kwargs)
+            failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+            if not result.success or failed_checks:
+                failed = (result.run_id, failed_checks)
+                break
+    finally:
+        elapsed = progress.end()
+    if failed is not None:
+        run_id, failed_checks = failed
         for check in failed_checks:
             print(f"    check failed: {check.asset_key.to_user_string()}.{check.check_name}", file=sys.stderr)
-        if not result.success or failed_checks:
-            raise SystemExit(f"{stage.name} failed (run {result.run_id}); see the run's logs in the UI (make ui)")
-        print(f"    done in {time.monotonic() - began:.1f}s", flush=True)
+        raise SystemExit(f"{stage.name} failed (run {run_id}); see the run's logs in the UI (make ui)")
+    return elapsed
 
 
 def summarize(data_dir: str, upto: str) -> str:
@@ -222,6 +368,18 @@ def _say(message: str) -> None:
     print(f"    {message}", file=sys.stderr, flush=True)
 
 
+def history_note(instance: dg.DagsterInstance, seconds: float) -> str:
+    """How much of the run Dagster's event log took, and the size of the run history."""
+    storage = instance.event_log_storage
+    home = Path(os.environ["DAGSTER_HOME"])
+    size = sum(f.stat().st_size for f in home.rglob("*") if f.is_file())
+    writes = ""
+    if hasattr(storage, "seconds_writing"):
+        writes = (f"{storage.events_written:,} events written in {_seconds(storage.seconds_writing)} "
+                  f"({storage.seconds_writing / seconds:.0%} of the {_seconds(seconds)}), ")
+    return f"Dagster run history: {writes}{size / 2**20:,.0f} MB in {home}"
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     instance = _instance()
     if args.walk_forward_profile:
@@ -229,13 +387,17 @@ def cmd_run(args: argparse.Namespace) -> None:
     first = dt.date.fromisoformat(args.start)
     last = dt.date.fromisoformat(args.end)
     names = [s.name for s in STAGES]
+    progress = Progress(live=sys.stdout.isatty() and not args.verbose)
+    began = time.monotonic()
     # Ctrl-C and SIGTERM stop the command; runs whose process died are failed and their pool slots freed.
     with stop_on_signals(instance, _say):
         for stage in STAGES[names.index(args.from_stage) : names.index(args.until) + 1]:
-            run_stage(stage, first, last, instance)
+            run_stage(stage, first, last, instance, progress, verbose=args.verbose)
+    elapsed = time.monotonic() - began
     print()
     print(summarize(default_data_dir(), args.until))
-    print("\nOpen the UI with `make ui` to see every asset, its metadata, plots and checks.")
+    print(f"\n{history_note(instance, elapsed)}")
+    print("Open the UI with `make ui` to see every asset, its metadata, plots and checks.")
 
 
 def cmd_recover(args: argparse.Namespace) -> None:
@@ -258,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--until", default=stage_names[-1], choices=stage_names, help="last stage to run")
     run.add_argument("--walk-forward-profile", choices=["light", "full"],
                      help="detector profile of the walk-forward (default: configs/walk_forward.yaml's, light)")
+    run.add_argument("--verbose", action="store_true", help="also print Dagster's log line for every event")
     run.set_defaults(func=cmd_run)
     recover = sub.add_parser("recover", help="after a crash: fail the runs whose process died, free their pool slots")
     recover.set_defaults(func=cmd_recover)

@@ -27,3 +27,9 @@ SPLIT = dg.StaticPartitionsDefinition(SPLIT_NAMES)
 # early-stops on Y - 1 and predicts the days of Y.
 ORIGIN_NAMES = [str(y) for y in walk_forward()["origins"]]
 ORIGIN = dg.StaticPartitionsDefinition(ORIGIN_NAMES)
+
+def summary_partition(partition_keys: list[str]) -> str | None:
+    """The partition that carries the metadata describing a whole run: the last of a run of
+    several partitions (a single-run backfill would otherwise copy it onto each of them), none
+    for a run of one partition or of an unpartitioned asset."""
+    return partition_keys[-1] if len(partition_keys) > 1 else None

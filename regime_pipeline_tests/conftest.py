@@ -61,6 +61,29 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
+STORAGE_KEYS = ("run_storage", "event_log_storage", "schedule_storage")
+
+
+def write_instance_yaml(home: Path, storage: str = "project") -> Path:
+    """Write ``home/dagster.yaml``: the project root's settings with every folder moved from
+    ``data/dagster`` into `home`, and `storage` ``"project"`` (its batching event log, as
+    configured there) or ``"stock"`` (Dagster's default SQLite storage, in the same folders)."""
+    import yaml
+
+    home.mkdir(parents=True, exist_ok=True)
+    text = (PROJECT_ROOT / "dagster.yaml").read_text().replace("data/dagster", str(home))
+    config = yaml.safe_load(text)
+    if storage == "stock":
+        for key in STORAGE_KEYS:
+            config.pop(key)
+        config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
+    elif storage != "project":
+        raise ValueError(f"storage must be 'project' or 'stock', not {storage!r}")
+    path = home / "dagster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture
 def instance() -> dg.DagsterInstance:
     with dg.instance_for_test() as inst:

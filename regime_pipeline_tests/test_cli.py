@@ -2,27 +2,90 @@
 
 from __future__ import annotations
 
+import io
+import logging
+
 import pytest
+from dagster._core.events.log import EventLogEntry
 
 from regime_pipeline import cli
+from regime_pipeline.instance import BatchingSqliteEventLogStorage
+from regime_pipeline.instance.event_log import BATCH_SIZE_ENV
+from regime_pipeline_tests.conftest import write_instance_yaml
 
 
-def test_run_materializes_and_prints_a_summary(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def project_home(tmp_path, monkeypatch):
+    """A Dagster home configured as the project's (batching event log), and a data directory.
+    The batch size the storage sets in the environment is undone afterwards."""
+    monkeypatch.setenv(BATCH_SIZE_ENV, "unset")
+    monkeypatch.delenv(BATCH_SIZE_ENV)
+    write_instance_yaml(tmp_path / "home")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("REGIME_DATA_DIR", str(tmp_path / "data"))
-    (tmp_path / "home").mkdir()
+    return tmp_path / "home"
+
+
+def test_run_prints_a_line_per_stage_and_the_results(project_home, monkeypatch, capsys):
+    instances, real = [], cli._instance
+    monkeypatch.setattr(cli, "_instance", lambda: instances.append(real()) or instances[-1])
     cli.main(["run", "--start", "2021-09-28", "--end", "2021-09-30", "--until", "bars"])
     out = capsys.readouterr().out
-    assert "==> bars: minute_bars, daily_bars 2021-09-28 .. 2021-09-30" in out
-    btc = next(line for line in out.splitlines() if line.startswith("BTCUSDT"))
+    lines = out.splitlines()
+    assert lines[0] == "==> bars: minute_bars, daily_bars 2021-09-28 .. 2021-09-30"
+    assert lines[1].startswith("    6/6 partitions, ")  # two assets, three days
+    assert " - DEBUG - " not in out and "STEP_START" not in out
+    btc = next(line for line in lines if line.startswith("BTCUSDT"))
     assert "2021-09-28" in btc and "2021-09-30" in btc and btc.split()[3] == "3" and btc.split()[4] == "3"
+    assert "Dagster run history: " in out and " events written in " in out
+    # The run's events went through the batching event log, in batches.
+    storage = instances[0].event_log_storage
+    assert isinstance(storage, BatchingSqliteEventLogStorage) and storage.batches_written > 0
 
 
-def test_a_failing_run_exits_with_a_message(tmp_path, monkeypatch):
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("REGIME_DATA_DIR", str(tmp_path / "data"))
+def test_verbose_prints_dagsters_event_lines(project_home, capsys):
+    cli.main(["run", "--start", "2021-09-28", "--end", "2021-09-28", "--until", "bars", "--verbose"])
+    out = capsys.readouterr()
+    assert " - DEBUG - " in out.out + out.err and "ASSET_MATERIALIZATION" in out.out + out.err
+
+
+def test_a_failing_run_exits_with_a_message(project_home, monkeypatch, capsys):
     monkeypatch.setenv("REGIME_MARKET_DATA", "binance_files")
-    monkeypatch.setenv("REGIME_FILES_DIR", str(tmp_path / "missing"))
-    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("REGIME_FILES_DIR", str(project_home.parent / "missing"))
     with pytest.raises(SystemExit, match="bars failed"):
         cli.main(["run", "--start", "2021-09-28", "--end", "2021-09-30"])
+    out = capsys.readouterr().out
+    assert "    error [minute_bars]: " in out and "Traceback" not in out and "missing" in out
+
+
+def _log(message: str, level: int, step: str | None = "features") -> EventLogEntry:
+    return EventLogEntry(error_info=None, level=level, user_message=message, run_id="r", timestamp=0.0,
+                         step_key=step, job_name="job", dagster_event=None)
+
+
+def test_progress_redraws_one_line_and_prints_warnings_in_full():
+    out = io.StringIO()
+    progress = cli.Progress(out=out, live=True)
+    stage = cli.Stage("features", ("vol_features", "trend_features"), "daily")
+    progress.begin(stage, [cli.StageRun("2024-01-01 .. 2024-01-10", {}, 10)])
+    progress.on_event(_log("vol_features 2024-01-01..2024-01-10: 130 rows", logging.INFO))
+    progress.on_event(_log("regimes with no day at all:\nvol.spike", logging.WARNING))
+    progress.end()
+    text = out.getvalue()
+    assert text.startswith("==> features: vol_features, trend_features 2024-01-01 .. 2024-01-10\n")
+    assert "\r\033[K    0/20 partitions, " in text and "vol_features 2024-01-01..2024-01-10: 130 rows" in text
+    assert "    warning [features]: regimes with no day at all:\nvol.spike\n" in text
+    # the final line stays, without the stage's latest message
+    assert text.endswith("\n") and text.rstrip("\n").split("\r\033[K")[-1].startswith("    0/20 partitions, ")
+    assert "130 rows" not in text.rstrip("\n").split("\r\033[K")[-1]
+
+
+def test_progress_off_a_terminal_prints_the_line_once():
+    out = io.StringIO()
+    progress = cli.Progress(out=out, live=False)
+    progress.begin(cli.Stage("labels", ("regime_labels",), "split"), [cli.StageRun(s, {}, 1) for s in ("train", "val")])
+    progress.on_event(_log("train: 100 rows", logging.INFO))
+    progress.end()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "==> labels: regime_labels train, val"
+    assert len(lines) == 2 and lines[1].startswith("    0/2 partitions, ") and "\r" not in out.getvalue()

@@ -10,7 +10,7 @@ from regime_pipeline.checks.gate import checked_output
 from regime_pipeline.configs import data_settings, known_gaps, universe
 from regime_pipeline.core.data.bars import combine_daily
 from regime_pipeline.core.data.ingest import ingest_minutes
-from regime_pipeline.assets.metadata import plot_metadata
+from regime_pipeline.assets.metadata import add_run_metadata, plot_metadata
 from regime_pipeline.core.plots import plot_daily_bars
 from regime_pipeline.partitions import DAILY
 from regime_pipeline.resources.market_data import MarketData
@@ -64,16 +64,18 @@ def minute_bars(
     days_written = sum(summary.days_written.values())
     context.log.info(f"minute_bars: {summary.rows_written} rows in {days_written} days, {summary.seconds:.1f}s")
     table = summary.table()
-    return dg.MaterializeResult(
-        metadata={
+    add_run_metadata(
+        context,
+        {
             "source": market_data.source,
             "rows_written": summary.rows_written,
             "days_written": days_written,
             "days_already_stored": summary.days_already_stored,
             "lake": dg.MetadataValue.path(str(lake.root)),
             "by_symbol": dg.MetadataValue.md(table.to_markdown(index=False) if len(table) else "no minutes in this range"),
-        }
+        },
     )
+    return dg.MaterializeResult()
 
 
 def within_spans(frame: pd.DataFrame, log) -> pd.DataFrame:
@@ -131,10 +133,11 @@ def daily_bars(context: dg.AssetExecutionContext, market_data: MarketData, stora
         "symbols": int(bars["symbol"].nunique()),
     }
     if not bars.empty:
-        metadata.update(plot_metadata(plot_daily_bars(bars, f"daily bars {start} .. {last}"), storage, "daily_bars", start, end))
+        metadata.update(plot_metadata(plot_daily_bars(bars, f"daily bars {start} .. {last}"), "daily_bars"))
+    add_run_metadata(context, metadata)
     # Checked before the IO manager sees the frame: a failing blocking check leaves the stored slice as it was.
     results = daily_bar_checks(bars, minute_daily, klines, start, end)
-    yield from checked_output(dg.Output(bars, metadata=metadata), results, DAILY_BAR_CHECK_SPECS)
+    yield from checked_output(dg.Output(bars), results, DAILY_BAR_CHECK_SPECS)
 
 
 CLOSES_CHECK = dg.AssetCheckSpec(

@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from regime_pipeline.assets.bars import window_days
+from regime_pipeline.assets.metadata import add_run_metadata
 from regime_pipeline.configs import splits
 from regime_pipeline.core.data import universe as pit
 from regime_pipeline.core.regimes import detectors
@@ -217,4 +218,5 @@ def regime_probabilities(
     frame = detectors.probabilities(dets, vol_features, trend_features, daily_bars, start, end,
                                     members=pit.members_by_day(universe))
     context.log.info(f"regime_probabilities {start}..{end - dt.timedelta(days=1)}: {len(frame)} rows")
-    return dg.Output(frame, metadata={"rows": len(frame), "days": int(frame["date"].nunique()) if len(frame) else 0})
+    add_run_metadata(context, {"rows": len(frame), "days": int(frame["date"].nunique()) if len(frame) else 0})
+    return dg.Output(frame)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from regime_pipeline.assets.bars import window_days
+from regime_pipeline.assets.metadata import add_run_metadata
 from regime_pipeline.checks.gate import checked_output
 from regime_pipeline.configs import history_start, splits
 from regime_pipeline.configs import universe as universe_config
@@ -85,16 +86,13 @@ def _feature_output(context: dg.AssetExecutionContext, name: str, frame: pd.Data
     values = frame.drop(columns=keys)
     context.log.info(f"{name} {start}..{end - dt.timedelta(days=1)}: {len(frame)} rows, {values.shape[1]} features")
     summary = values.describe().T[["mean", "std", "min", "50%", "max"]] if len(frame) else pd.DataFrame()
-    output = dg.Output(
-        frame,
-        metadata={
-            "rows": len(frame),
-            "days": int(frame["date"].nunique()) if len(frame) else 0,
-            "masked_days": (end - start).days - (int(frame["date"].nunique()) if len(frame) else 0),
-            "summary": dg.MetadataValue.md(summary.to_markdown(floatfmt=".4g") if len(summary) else "no rows"),
-        },
-    )
-    yield from checked_output(output, [_check_finite(name, frame)], [_finite_check(name)])
+    add_run_metadata(context, {
+        "rows": len(frame),
+        "days": int(frame["date"].nunique()) if len(frame) else 0,
+        "masked_days": (end - start).days - (int(frame["date"].nunique()) if len(frame) else 0),
+        "summary": dg.MetadataValue.md(summary.to_markdown(floatfmt=".4g") if len(summary) else "no rows"),
+    })
+    yield from checked_output(dg.Output(frame), [_check_finite(name, frame)], [_finite_check(name)])
 
 
 @dg.asset(

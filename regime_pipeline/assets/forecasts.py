@@ -17,6 +17,7 @@ import pandas as pd
 from regime_pipeline.assets.bars import window_days
 from regime_pipeline.assets.features import PER_DAY, TRAIN_DAYS, candidate_bars, require_bars
 from regime_pipeline.checks.gate import checked_output
+from regime_pipeline.assets.metadata import add_run_metadata
 from regime_pipeline.configs import splits
 from regime_pipeline.configs import universe as universe_config
 from regime_pipeline.core.features import daily as features
@@ -97,14 +98,14 @@ def vol_forecasts(
     values = frame[list(vf.MODELS)].to_numpy(dtype="float64")
     bad = ~np.isfinite(values) | (values < 0)
     summary = frame.groupby("horizon_days")[list(vf.MODELS)].mean().reset_index() if len(frame) else pd.DataFrame()
-    output = dg.Output(frame, metadata={
+    add_run_metadata(context, {
         "rows": len(frame),
         "days": int(frame["date"].nunique()) if len(frame) else 0,
         "mean_forecast": _md(summary) if len(summary) else dg.MetadataValue.md("no rows"),
     })
     check = dg.AssetCheckResult(check_name="valid_forecasts", passed=not bad.any(),
                                 metadata={"violations": int(bad.sum()), "invalid_values": int(bad.sum())})
-    yield from checked_output(output, [check], [VALID_CHECK])
+    yield from checked_output(dg.Output(frame), [check], [VALID_CHECK])
 
 
 @dg.asset(

@@ -1,26 +1,37 @@
-"""Helpers that turn figures and tables into asset metadata."""
+"""Helpers that turn figures and tables into asset metadata, and attach what describes a run."""
 
-import datetime as dt
+from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
 import matplotlib.pyplot as plt
 
-from regime_pipeline.core.plots import figure_to_markdown, save_figure
-from regime_pipeline.resources.storage import ProjectStorage
+from regime_pipeline.core.plots import figure_to_markdown
+from regime_pipeline.partitions import summary_partition
 
-# A single-run backfill copies the output's metadata onto every partition's materialization:
-# an inline PNG on 3,000 partitions would be gigabytes of run history. Past this many
-# partitions, the plot is written to data/reports/ and linked instead.
-INLINE_PLOT_MAX_PARTITIONS = 62
+# The metadata key that, on every partition of a multi-partition run, names the partition
+# that carries the run's summary.
+SUMMARY_ON = "summary_on"
 
 
-def plot_metadata(
-    fig: plt.Figure, storage: ProjectStorage, name: str, start: dt.date | None = None, end: dt.date | None = None
-) -> dict[str, dg.MetadataValue]:
-    """``{"plot": ...}``: inline for a run of few partitions, else a PNG under ``reports/plots``."""
-    n_partitions = (end - start).days if start and end else 1
-    if n_partitions <= INLINE_PLOT_MAX_PARTITIONS:
-        return {"plot": dg.MetadataValue.md(figure_to_markdown(fig, name))}
-    suffix = f"_{start}_{end - dt.timedelta(days=1)}" if start and end else ""
-    path = save_figure(fig, storage.reports_dir / "plots" / f"{name}{suffix}.png")
-    return {"plot_file": dg.MetadataValue.path(str(path))}
+def plot_metadata(fig: plt.Figure, name: str) -> dict[str, dg.MetadataValue]:
+    """``{"plot": ...}``: `fig` as an inline PNG, shown in the UI with the asset's metadata."""
+    return {"plot": dg.MetadataValue.md(figure_to_markdown(fig, name))}
+
+
+def add_run_metadata(context: dg.AssetExecutionContext, metadata: Mapping[str, Any]) -> None:
+    """Attach `metadata`, which describes all of the asset this run materializes.
+
+    A single-run backfill copies an output's metadata onto every partition it materializes: a
+    full-history run would store 3,059 copies of the same summary table and plot, twice each
+    (the run's event log and the cross-run index). A run of several partitions puts it on its
+    last partition, the asset's latest materialization in the UI, and every partition names
+    that partition under ``summary_on``.
+    """
+    keys = context.partition_keys if context.has_partition_key_range else []
+    last = summary_partition(keys)
+    if last is None:
+        context.add_asset_metadata(metadata)
+        return
+    context.add_asset_metadata(metadata, partition_key=last)
+    context.add_asset_metadata({SUMMARY_ON: last})

@@ -14,7 +14,6 @@ from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.core.features import selection
 from regime_pipeline.core.plots import plot_correlations, plot_importance, plot_regime_timeline
 from regime_pipeline.partitions import SPLIT
-from regime_pipeline.resources.storage import ProjectStorage
 
 GROUP = "regimes"
 FEATURE_GROUPS = ("vol", "trend", "cross")
@@ -100,7 +99,6 @@ def hmm_models(
 )
 def regime_labels(
     context: dg.AssetExecutionContext,
-    storage: ProjectStorage,
     hmm_models: dict,
     vol_features: pd.DataFrame,
     trend_features: pd.DataFrame,
@@ -134,7 +132,7 @@ def regime_labels(
             "rows": len(labels),
             "class_counts": _md(counts),
             "absent_regimes": ", ".join(absent) or "none",
-            **plot_metadata(fig, storage, f"regime_labels_{split.name}"),
+            **plot_metadata(fig, f"regime_labels_{split.name}"),
         },
     )
 
@@ -152,7 +150,6 @@ def regime_labels(
 )
 def selected_features(
     context: dg.AssetExecutionContext,
-    storage: ProjectStorage,
     vol_features: pd.DataFrame,
     trend_features: pd.DataFrame,
     cross_features: pd.DataFrame,
@@ -176,8 +173,8 @@ def selected_features(
                           for g in FEATURE_GROUPS], columns=["group", "selected", "collapsed"])
     context.add_output_metadata({
         "selection": _md(table),
-        **{f"shap_{k}": v for k, v in plot_metadata(plot_importance(importance, selected), storage, "shap_importance").items()},
-        **{f"corr_{k}": v for k, v in plot_metadata(plot_correlations(corr), storage, "feature_correlation").items()},
+        **{f"shap_{k}": v for k, v in plot_metadata(plot_importance(importance, selected), "shap_importance").items()},
+        **{f"corr_{k}": v for k, v in plot_metadata(plot_correlations(corr), "feature_correlation").items()},
     })
     return result
 

@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from regime_pipeline.assets.metadata import add_run_metadata
 from regime_pipeline.configs import load_yaml
 from regime_pipeline.core.allocation import policy as allocation
 from regime_pipeline.core.allocation.policy import AllocationPolicy
@@ -132,7 +133,8 @@ def weekly_rebalance(
         f"(start {float(load_yaml('broker')['initial_cash_usdt']):,.2f}, {len(equity)} week(s) in the ledger).\n"
     )
     metadata["report"] = dg.MetadataValue.path(str(report))
-    yield dg.MaterializeResult(metadata=metadata)
+    add_run_metadata(context, metadata)
+    yield dg.MaterializeResult()
 
     if broker.mode == "paper":
         settings = load_yaml("broker")

@@ -22,6 +22,7 @@ import duckdb
 import pandas as pd
 
 from regime_pipeline.core.dbfile import open_db
+from regime_pipeline.partitions import summary_partition
 
 
 def connect(database: str, read_only: bool = False, wait_s: float = 60.0, log: Any | None = None):
@@ -63,6 +64,20 @@ def _outside_slice(frame: pd.DataFrame, context: dg.OutputContext, expr: str) ->
         end = pd.Timestamp(window.end).tz_localize(None)
         return frame.loc[(values < start) | (values >= end)]
     return frame.loc[~column.isin(context.asset_partition_keys)]
+
+
+def _describe_output(context: dg.OutputContext, metadata: dict[str, Any]) -> None:
+    """Attach `metadata` (it describes the whole slice written) to the output's materialization;
+    for a run of several partitions, to the last partition's only, as the assets do."""
+    last = summary_partition(list(context.asset_partition_keys)) if context.has_asset_partitions else None
+    try:
+        step = context.step_context if last is not None else None
+    except dg.DagsterInvariantViolationError:  # an output context built outside a run
+        step = None
+    if step is None:
+        context.add_output_metadata(metadata)
+    else:
+        step.add_asset_metadata(metadata, asset_key=context.asset_key, partition_key=last)
 
 
 def _frame_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -132,7 +147,8 @@ class DuckDBTableIOManager(dg.ConfigurableIOManager):
                 raise
             finally:
                 con.unregister("frame")
-        context.add_output_metadata(
+        _describe_output(
+            context,
             {
                 "table": qualified,
                 "slice": description,
@@ -141,7 +157,7 @@ class DuckDBTableIOManager(dg.ConfigurableIOManager):
                 "columns": dg.MetadataValue.table_schema(
                     dg.TableSchema(columns=[dg.TableColumn(str(n), str(t)) for n, t in obj.dtypes.items()])
                 ),
-            }
+            },
         )
 
     def _add_new_columns(self, con: duckdb.DuckDBPyConnection, qualified: str, table: str) -> None:
