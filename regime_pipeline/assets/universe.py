@@ -12,7 +12,7 @@ import dagster as dg
 import pandas as pd
 
 from regime_pipeline.assets.bars import window_days
-from regime_pipeline.assets.metadata import INLINE_PLOT_MAX_PARTITIONS, plot_metadata
+from regime_pipeline.assets.metadata import add_run_metadata, plot_metadata
 from regime_pipeline.checks.gate import checked_output
 from regime_pipeline.configs import load_yaml, universe as universe_config
 from regime_pipeline.core.data import universe as pit
@@ -31,16 +31,14 @@ SIZE_CHECK = dg.AssetCheckSpec(
 
 
 def _changes_metadata(rows: pd.DataFrame, storage: ProjectStorage, start: dt.date, end: dt.date) -> dict:
-    """The membership changes of the run: inline for a short run, else a report file (a single-run
-    backfill copies metadata onto every partition)."""
+    """The membership changes of the run, in the metadata and in data/reports/universe_changes.md."""
     table = pit.changes(rows)
     text = table.to_markdown(index=False) if len(table) else "no change"
-    if (end - start).days <= INLINE_PLOT_MAX_PARTITIONS:
-        return {"changes": dg.MetadataValue.md(text)}
-    path = storage.reports_dir / f"universe_changes_{start}_{end - dt.timedelta(days=1)}.md"
+    path = storage.reports_dir / "universe_changes.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# Universe membership changes, {start} .. {end - dt.timedelta(days=1)}\n\n{text}\n")
-    return {"changes_file": dg.MetadataValue.path(str(path))}
+    path.write_text(f"# Universe membership changes, {start} .. {end - dt.timedelta(days=1)} "
+                    f"({universe_config().mode})\n\n{text}\n")
+    return {"changes": dg.MetadataValue.md(text), "changes_file": dg.MetadataValue.path(str(path))}
 
 
 @dg.asset(
@@ -80,5 +78,6 @@ def universe(context: dg.AssetExecutionContext, storage: ProjectStorage, daily_b
     }
     if len(rows):
         fig = plot_membership(rows, f"universe ({config.mode}) {start} .. {end - dt.timedelta(days=1)}")
-        metadata.update(plot_metadata(fig, storage, "universe", start, end))
-    yield from checked_output(dg.Output(rows, metadata=metadata), [check], [SIZE_CHECK])
+        metadata.update(plot_metadata(fig, "universe"))
+    add_run_metadata(context, metadata)
+    yield from checked_output(dg.Output(rows), [check], [SIZE_CHECK])

@@ -245,7 +245,9 @@ def _har_predict(rows: pd.DataFrame, coef: np.ndarray) -> np.ndarray:
     out = np.full(len(rows), coef[0])
     for b, column in zip(coef[1:], RV_COLUMNS):
         out = out + b * rows[column].to_numpy(dtype="float64")
-    return out
+    # A linear fit can go below zero on a quiet day after a violent train window (LUNA, fitted
+    # across its collapse): a volatility is not negative.
+    return np.maximum(out, 0.0)
 
 
 @dataclass(frozen=True)
