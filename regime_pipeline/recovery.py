@@ -274,6 +274,12 @@ def stop_on_signals(
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 name = signal.Signals(received[0]).name
+                # The run, still waiting, re-queues its claim every few seconds: it must not do so
+                # between its slots being freed and the exit. Its storage takes this lock for every
+                # connection, so holding it stops the run's next database call.
+                run_lock = getattr(instance.event_log_storage, "_db_lock", None)
+                if run_lock is not None:
+                    run_lock.acquire(timeout=30)
                 freed = free_dead_runs(own, SayLog(log), only_pid=os.getpid())
                 log(f"stopped by {name}: {len(freed)} run(s) of this process marked failed, their pool slots freed")
                 sys.stdout.flush()

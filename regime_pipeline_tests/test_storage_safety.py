@@ -18,7 +18,6 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-import yaml
 from dagster._core.storage.dagster_run import DagsterRunStatus, make_new_run_id
 
 from regime_pipeline.assets.bars import daily_bars, minute_bars
@@ -31,7 +30,14 @@ from regime_pipeline.recovery import slots_held
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.market_data import MarketData
 from regime_pipeline.resources.warehouse import read_table
-from regime_pipeline_tests.conftest import EMBEDDED, check_results, embedded_daily_bars, materialize_range, write_table
+from regime_pipeline_tests.conftest import (
+    EMBEDDED,
+    check_results,
+    embedded_daily_bars,
+    materialize_range,
+    write_instance_yaml,
+    write_table,
+)
 from regime_pipeline_tests.test_source_binance_files import bulk_lines, day_minutes, write_csv, write_freqtrade_json
 
 WORKERS = [sys.executable, "-m", "regime_pipeline_tests.workers"]
@@ -267,13 +273,8 @@ FIRST, LAST = "2021-09-27", "2021-10-03"  # a week with 1-minute bars
 
 def dagster_home(tmp_path: Path) -> Path:
     """A Dagster home whose dagster.yaml is the project's, with its storage moved under `tmp_path`."""
-    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
     home = tmp_path / "home"
-    home.mkdir()
-    config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
-    config["local_artifact_storage"]["config"]["base_dir"] = str(home)
-    config["compute_logs"]["config"]["base_dir"] = str(home / "logs")
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    write_instance_yaml(home)
     return home
 
 
