@@ -122,6 +122,23 @@ def embedded_daily_bars(symbols: list[str] | None = None) -> pd.DataFrame:
     return frame[DAILY_BAR_COLUMNS].sort_values(["date", "symbol"]).reset_index(drop=True)
 
 
+def embedded_daily_closes() -> pd.DataFrame:
+    """The embedded close-only days (``date, symbol, close``), as the `daily_closes` asset stores them."""
+    frame = pd.read_parquet(EMBEDDED / "daily_closes.parquet")
+    frame["date"] = pd.to_datetime(frame["date"]).dt.date
+    return frame[["date", "symbol", "close"]].reset_index(drop=True)
+
+
+def write_universe_tables(database: str, bars: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Store the `universe` of the configured mode (on `bars`, default every candidate's embedded
+    bars) and the embedded `daily_closes`, as the allocation and trading stages read them; return
+    the universe rows."""
+    rows = embedded_universe(bars)
+    write_table(database, "universe", rows)
+    write_table(database, "daily_closes", embedded_daily_closes())
+    return rows
+
+
 def train_window() -> tuple[dt.date, dt.date]:
     """The train split as a half-open window ``[start, end + 1 day)``."""
     from regime_pipeline.configs import splits
@@ -144,12 +161,14 @@ def params(bars):
     return fit_garch(bars, *train_window())
 
 
-def synthetic_probabilities(seed: int = 0, classes: tuple[int, int, int] = (2, 2, 3)) -> pd.DataFrame:
-    """Random detector output shaped like `regime_probabilities` for every embedded daily bar:
-    per (date, symbol) `classes[0]` vol and `classes[1]` trend class probabilities
-    (``vol_0, ...``, ``trend_0, ...``), and the date's `classes[2]` cross probabilities
-    (``cross_0, ...``) repeated on each of its rows."""
-    keys = embedded_daily_bars()[["date", "symbol"]].reset_index(drop=True)
+def synthetic_probabilities(
+    seed: int = 0, classes: tuple[int, int, int] = (2, 2, 3), symbols: list[str] | None = None,
+) -> pd.DataFrame:
+    """Random detector output shaped like `regime_probabilities` for every embedded daily bar (of
+    `symbols`, default the fixed 13): per (date, symbol) `classes[0]` vol and `classes[1]` trend
+    class probabilities (``vol_0, ...``, ``trend_0, ...``), and the date's `classes[2]` cross
+    probabilities (``cross_0, ...``) repeated on each of its rows."""
+    keys = embedded_daily_bars(symbols)[["date", "symbol"]].reset_index(drop=True)
     rng = np.random.default_rng(seed)
     dates = np.array(sorted(set(keys["date"])))
     columns = {}

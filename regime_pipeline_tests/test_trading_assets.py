@@ -18,7 +18,9 @@ from regime_pipeline.core.trading.ledger import Ledger
 from regime_pipeline.core.trading.risk import RiskLimits, StaleDataError
 from regime_pipeline.definitions import all_assets, defs
 from regime_pipeline.resources import build_resources
-from regime_pipeline_tests.conftest import check_results, embedded_daily_bars, synthetic_probabilities, write_table
+from regime_pipeline_tests.conftest import (
+    check_results, embedded_daily_bars, embedded_daily_closes, synthetic_probabilities, write_table, write_universe_tables,
+)
 
 D = dt.date
 N = 13
@@ -40,7 +42,8 @@ def book(tmp_path):
     probabilities = synthetic_probabilities()
     write_table(database, "daily_bars", embedded_daily_bars())
     write_table(database, "regime_probabilities", probabilities)
-    data = allocation.allocation_data(embedded_daily_bars(), probabilities)
+    universe = write_universe_tables(database)
+    data = allocation.allocation_data(embedded_daily_bars(), probabilities, embedded_daily_closes(), universe)
     dim = allocation.make_env(data, D(2025, 1, 1), D(2025, 2, 1)).observation_space.shape[0]
     policy = _policy(dim)
     (data_dir / "models").mkdir()

@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from regime_pipeline.configs import splits
+from regime_pipeline.configs import splits, universe as universe_config
 from regime_pipeline.core.allocation import policy as allocation
 from regime_pipeline.core.allocation import performance
 from regime_pipeline.core.allocation import ppo
@@ -34,21 +34,30 @@ def _md(frame: pd.DataFrame) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.to_markdown(index=False, floatfmt=".4f"))
 
 
-def _inputs(daily_bars: pd.DataFrame, regime_probabilities: pd.DataFrame) -> AllocationData:
+def _inputs(
+    daily_bars: pd.DataFrame, regime_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
+) -> AllocationData:
+    """Prices (close-only days included) and probabilities of the candidates, with the universe's
+    members of each day: the assets a decision may weigh."""
     if regime_probabilities.empty:
         raise ValueError("regime_probabilities is empty: materialize it for the train and val days first")
-    return allocation.allocation_data(daily_bars, regime_probabilities)
+    return allocation.allocation_data(daily_bars, regime_probabilities, daily_closes, universe)
+
+
+# The universe and the close-only days, beside the bars and probabilities every allocation step reads.
+MARKET_INS = {"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabilities": dg.AssetIn(partition_mapping=ALL),
+              "daily_closes": dg.AssetIn(), "universe": dg.AssetIn(partition_mapping=ALL)}
 
 
 @dg.asset(
     group_name=GROUP,
     io_manager_key="model_io_manager",
-    ins={"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabilities": dg.AssetIn(partition_mapping=ALL)},
+    ins=MARKET_INS,
     kinds={"pytorch"},
 )
 def ppo_policy(
     context: dg.AssetExecutionContext, config: PolicyConfig, storage: ProjectStorage,
-    daily_bars: pd.DataFrame, regime_probabilities: pd.DataFrame,
+    daily_bars: pd.DataFrame, regime_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
 ) -> dg.Output[dict]:
     """The weekly allocation policy: SB3 PPO on the detectors' regime probabilities plus the
     portfolio's state, trained on `train` episodes from random starts, evaluated on the whole
@@ -56,7 +65,7 @@ def ppo_policy(
     one policy per seed, the best val seed deployed, every seed reported."""
     settings = ppo.settings(config.profile)
     train, val = splits()["train"], splits()["val"]
-    data = _inputs(daily_bars, regime_probabilities)
+    data = _inputs(daily_bars, regime_probabilities, daily_closes, universe)
 
     def make_train_env():
         return allocation.make_env(
@@ -100,7 +109,8 @@ def ppo_policy(
         "policy": chosen.policy.to_dict(),
         "seeds": {str(r.seed): {"policy": r.policy.to_dict(), "kept_step": r.best.step, "val_sortino": r.best.score,
                                 "history": [[e.step, e.score] for e in r.history]} for r in runs},
-        "observation": {"prob_columns": list(data.prob_columns), "symbols": list(data.prices.symbols)},
+        "observation": {"prob_columns": list(data.prob_columns), "symbols": list(data.prices.symbols),
+                        "slots": int(make_train_env().n_slots), "universe": universe_config().mode},
         "settings": settings.as_dict(),
         "profile": config.profile,
         "train": [train.start, train.end],
@@ -144,14 +154,14 @@ def backtest_table(
 @dg.asset(
     group_name=GROUP,
     partitions_def=SPLIT,
-    ins={"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabilities": dg.AssetIn(partition_mapping=ALL),
-         "vol_forecasts": dg.AssetIn(partition_mapping=ALL), "ppo_policy": dg.AssetIn()},
+    ins={**MARKET_INS, "vol_forecasts": dg.AssetIn(partition_mapping=ALL), "ppo_policy": dg.AssetIn()},
     metadata={"partition_expr": "split"},
     pool="warehouse",
 )
 def allocation_backtest(
     context: dg.AssetExecutionContext, storage: ProjectStorage, daily_bars: pd.DataFrame,
-    regime_probabilities: pd.DataFrame, vol_forecasts: pd.DataFrame, ppo_policy: dict,
+    regime_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
+    vol_forecasts: pd.DataFrame, ppo_policy: dict,
 ) -> dg.Output[pd.DataFrame]:
     """PPO (the deployed seed, and the mean ± sd over seeds) against BTC buy-and-hold, equal
     weight, inverse volatility (on trailing and on forecast volatility) and momentum + inverse
@@ -159,7 +169,7 @@ def allocation_backtest(
     decisions at Sunday's close traded at Monday's open, 10 bps fee + 5 bps slippage per side,
     metrics on daily net returns over 365 days a year."""
     split = splits()[context.partition_key]
-    data = _inputs(daily_bars, regime_probabilities)
+    data = _inputs(daily_bars, regime_probabilities, daily_closes, universe)
     table, curves = backtest_table(data, ppo_policy, vol_forecasts, split.start, split.end)
     table.insert(0, "split", split.name)
     fig = plot_equity_curves(curves, f"{split.name} {split.start}..{split.end}, net of costs")

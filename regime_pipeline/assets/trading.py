@@ -71,14 +71,14 @@ def tracking(
     partitions_def=WEEKLY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     ins={"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabilities": dg.AssetIn(partition_mapping=ALL),
-         "ppo_policy": dg.AssetIn()},
+         "daily_closes": dg.AssetIn(), "universe": dg.AssetIn(partition_mapping=ALL), "ppo_policy": dg.AssetIn()},
     check_specs=[dg.AssetCheckSpec(TRACKING_CHECK, asset="weekly_rebalance",
                                    description="paper ledger equity within tolerance of the risk-limited backtest")],
     kinds={"duckdb"},
 )
 def weekly_rebalance(
     context: dg.AssetExecutionContext, broker: BrokerResource, storage: ProjectStorage, daily_bars: pd.DataFrame,
-    regime_probabilities: pd.DataFrame, ppo_policy: dict,
+    regime_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame, ppo_policy: dict,
 ):
     """Each Monday week: the regime probabilities at Sunday's close -> the deployed policy ->
     target weights -> risk limits -> orders -> broker -> fills -> ledger. A week already in
@@ -88,7 +88,8 @@ def weekly_rebalance(
     trading = broker.open(log=context.log)
     policy = AllocationPolicy.from_dict(ppo_policy["policy"])
     limits = RiskLimits.from_config()
-    data = allocation.allocation_data(daily_bars, regime_probabilities)
+    # The universe's members of each Sunday are the assets that week's decision may weigh.
+    data = allocation.allocation_data(daily_bars, regime_probabilities, daily_closes, universe)
     history = trading.ledger.equity_history()
     first_week = pd.Timestamp(history["week"].iloc[0]).date() if len(history) else weeks[0]
     results: list[RebalanceResult] = []
