@@ -9,6 +9,7 @@ import json
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
@@ -16,6 +17,7 @@ from regime_pipeline.core.allocation import policy as allocation
 from regime_pipeline.core.allocation.policy import AllocationPolicy, slot_table
 from regime_pipeline.core.allocation.portfolio import simulate
 from regime_pipeline.core.allocation.strategies import settings
+from regime_pipeline.core.allocation.survivorship import UniverseRun, comparison_table, paired_block_interval
 from regime_pipeline.core.trading.ledger import Ledger
 from regime_pipeline.definitions import all_assets
 from regime_pipeline.resources import build_resources
@@ -117,3 +119,28 @@ def test_the_2025_weekly_rebalance_trades_the_members_of_each_sunday(point_in_ti
         sold |= {(week, s) for s in orders.loc[orders["side"] == "sell", "symbol"]}
     # EOS is bought the week it joins and sold the week it leaves, six days before its delisting.
     assert (D(2025, 4, 7), "EOSUSDT") in bought and (D(2025, 5, 19), "EOSUSDT") in sold
+
+
+def _flat_forecasts(bars: pd.DataFrame) -> pd.DataFrame:
+    keys = bars[["date", "symbol"]]
+    return pd.concat([keys.assign(horizon_days=h, naive=0.03, garch=0.03, har=0.03, lgbm=0.03) for h in (1, 7)],
+                     ignore_index=True)
+
+
+def test_the_survivorship_comparison_pairs_the_same_days(point_in_time) -> None:
+    config, bars, rows, _, pit_data = point_in_time
+    fixed_bars = embedded_daily_bars()
+    with universe_mode("fixed"):
+        fixed_data = allocation.allocation_data(fixed_bars, synthetic_probabilities(classes=(4, 4, 3)),
+                                                embedded_daily_closes(), embedded_universe(fixed_bars))
+    fixed = UniverseRun("fixed", fixed_data, _flat_forecasts(fixed_bars))
+    pit = UniverseRun("point_in_time", pit_data, _flat_forecasts(bars))
+    table = comparison_table(fixed, pit, {"2022": (D(2022, 1, 1), D(2022, 12, 31))}, resamples=200).set_index("strategy")
+    assert set(table.index) >= {"btc_buy_and_hold", "equal_weight", "inverse_volatility", "momentum_inverse_vol"}
+    # BTC is BTC in both universes; equal weight differs, since LUNA and FTT collapse inside 2022.
+    assert table.loc["btc_buy_and_hold", "cagr_difference"] == pytest.approx(0.0, abs=1e-12)
+    row = table.loc["equal_weight"]
+    assert row["cagr_difference"] != 0.0
+    assert row["cagr_difference_low"] <= row["cagr_difference"] <= row["cagr_difference_high"]
+    same = np.random.default_rng(0).normal(0, 0.02, 365)
+    assert paired_block_interval(same, same) == (0.0, 0.0)
