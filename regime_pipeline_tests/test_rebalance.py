@@ -261,7 +261,7 @@ def test_orders_under_the_minimum_notional_are_dropped_and_reported(book: Book) 
 def test_bad_requests_are_refused(book: Book) -> None:
     with pytest.raises(ValueError, match="is a Tuesday"):
         book.run(W1 + dt.timedelta(days=1), TARGET)
-    with pytest.raises(ValueError, match="SOLUSDT, which has no price"):
+    with pytest.raises(ValueError, match="SOLUSDT, which cannot be traded at that open"):
         book.run(W1, TARGET, {s: p for s, p in PRICES.items() if s != "SOLUSDT"})
     book.run(W2, TARGET)
     with pytest.raises(ValueError, match="the book only moves forward"):
