@@ -49,6 +49,38 @@ def load_run(name: str, mode: str, data_dir: Path) -> UniverseRun:
     return UniverseRun(name, data, tables["vol_forecasts"], policies)
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:+.1f}%"
+
+
+def readme_table(table: pd.DataFrame) -> str:
+    """One row per strategy: 2018-2025 total return, Sortino and max drawdown on each universe, and
+    the CAGR difference (fixed - point in time) with its interval for each period."""
+    periods = list(dict.fromkeys(table["period"]))
+    lines = ["| strategy | fixed 2018–2025 | point in time 2018–2025 | "
+             + " | ".join(f"CAGR fixed − point in time, {p} [90% CI]" for p in periods) + " |",
+             "|---|---|---|" + "---|" * len(periods)]
+    full = table.loc[table["period"] == periods[0]].set_index("strategy")
+    for strategy in full.index:
+        row = full.loc[strategy]
+        if strategy == "ppo_seeds":
+            cells = [f"{row['fixed_total_return']}, Sortino {row['fixed_sortino']}",
+                     f"{row['point_in_time_total_return']}, Sortino {row['point_in_time_sortino']}"]
+            lines.append(f"| PPO, each seed (mean ± sd of total return) | {cells[0]} | {cells[1]} |" + " |" * len(periods))
+            continue
+        cells = []
+        for label in ("fixed", "point_in_time"):
+            cells.append(f"{_pct(row[f'{label}_total_return'])}, {row[f'{label}_sortino']:.2f}, "
+                         f"{_pct(row[f'{label}_max_drawdown'])}")
+        diffs = []
+        for period in periods:
+            r = table.loc[(table["period"] == period) & (table["strategy"] == strategy)].iloc[0]
+            diffs.append(f"{100 * r['cagr_difference']:+.1f} [{100 * r['cagr_difference_low']:+.1f}, "
+                         f"{100 * r['cagr_difference_high']:+.1f}]")
+        lines.append(f"| {strategy} | {cells[0]} | {cells[1]} | " + " | ".join(diffs) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fixed_dir", type=Path)
@@ -64,6 +96,8 @@ def main() -> None:
                         "cagr_difference = fixed - point_in_time, 90% paired moving-block bootstrap "
                         "(30-day blocks, 1,000 resamples, seed 7).\n\n" + text + "\n")
     print(text)
+    print()
+    print(readme_table(table))
 
 
 if __name__ == "__main__":
