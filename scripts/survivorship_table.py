@@ -8,7 +8,8 @@ the point-in-time universe, side by side, from two pipeline runs' data directori
 
 Each directory's warehouse gives its daily bars, close-only days, universe, regime probabilities
 and volatility forecasts, and its ``models/ppo_policy.json`` the PPO seeds. Periods: 2018-2025,
-2018-2022 (the train years: PPO's numbers there are in-sample) and 2023-2025.
+2018-2022 (the train years: PPO's numbers there are in-sample), 2023-2025 (2023 is PPO's val year,
+used for early stopping and the seed choice) and 2024-2025 (out of sample for every model).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from regime_pipeline.resources.warehouse import read_table
 
 D = dt.date
 PERIODS = {"2018-2025": (D(2018, 1, 1), D(2025, 12, 31)), "2018-2022": (D(2018, 1, 1), D(2022, 12, 31)),
-           "2023-2025": (D(2023, 1, 1), D(2025, 12, 31))}
+           "2023-2025": (D(2023, 1, 1), D(2025, 12, 31)), "2024-2025": (D(2024, 1, 1), D(2025, 12, 31))}
 
 
 def load_run(name: str, mode: str, data_dir: Path) -> UniverseRun:
