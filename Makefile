@@ -8,11 +8,11 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/data/dagster
 INSTANCE := $(DAGSTER_HOME)/dagster.yaml
 
-.PHONY: setup run test test-all bench ui validate clean
+.PHONY: setup browser run test test-all bench ui validate clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	# The editable install lives in .venv; setuptools' leftover build metadata is not needed.
 	rm -rf regime_pipeline.egg-info
 	touch $@
@@ -23,13 +23,28 @@ $(INSTANCE): dagster.yaml
 
 setup: $(VENV)/.installed $(INSTANCE)
 
+# The UI test (regime_pipeline_tests/test_ui_browser.py) drives a Chromium binary: Debian's
+# package, installed here when missing and we are root on Debian; REGIME_CHROMIUM names another.
+CHROMIUM := $(or $(REGIME_CHROMIUM),/usr/bin/chromium)
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "browser: installing Debian's chromium for the UI test (apt-get install chromium)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "browser: apt-get could not install chromium; the UI test will be skipped (and fail under CI)"; \
+	else \
+		echo "browser: no Chromium at $(CHROMIUM) and no way to install it here (needs root and apt-get);"; \
+		echo "browser: the UI test will be skipped. Install Chromium or Chrome and set REGIME_CHROMIUM to it."; \
+	fi
+
 run: setup
 	$(BIN)/regime-pipeline run
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
-test-all: setup
+test-all: setup browser
 	$(BIN)/python -m pytest -m ""
 
 bench: setup

@@ -93,7 +93,10 @@ def instance() -> dg.DagsterInstance:
 def materialize_range(assets, first: str, last: str, resources: dict, instance: dg.DagsterInstance, **kwargs):
     """Materialize daily-partitioned `assets` over ``first..last`` (inclusive) in one run,
     as a single-run backfill or ``--partition-range`` does."""
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
 
     return dg.materialize(
         assets,
@@ -187,3 +190,47 @@ def write_table(database: str, table: str, frame: pd.DataFrame) -> None:
     with connect(database) as con:
         con.register("frame", frame)
         con.execute(f"CREATE OR REPLACE TABLE main.{table} AS SELECT * FROM frame")
+
+
+def write_detector_inputs(data_dir: Path, symbols: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Store what the stages before the detectors leave, for `symbols` (default: the fixed 13):
+    daily bars, the three feature tables, the universe and regime labels from HMMs fit on the
+    train split, in the warehouse, and a fixed feature selection under ``models/``. Returns the
+    tables."""
+    import json
+
+    from regime_pipeline.configs import splits
+    from regime_pipeline.core.features import daily as F
+    from regime_pipeline.core.regimes import labels as regimes
+
+    bars = embedded_daily_bars()
+    if symbols is not None:
+        bars = bars[bars["symbol"].isin(symbols)].reset_index(drop=True)
+    train = splits()["train"]
+    params = F.fit_garch(bars, train.start, train.end + dt.timedelta(days=1))
+    first, end = bars["date"].min(), dt.date(2026, 1, 1)
+    tables = {
+        "daily_bars": bars,
+        "vol_features": F.vol_features(bars, params, first, end),
+        "trend_features": F.trend_features(bars, first, end),
+        "cross_features": F.cross_features(bars, first, end),
+        "universe": embedded_universe(bars),
+    }
+    config = regimes.settings()
+    models = regimes.RegimeModels(
+        vol=regimes.fit_hmm(tables["vol_features"], "vol", train, config),
+        trend=regimes.fit_hmm(tables["trend_features"], "trend", train, config),
+    )
+    labels = []
+    for split in splits().values():
+        window = [regimes.in_window(tables[t], split.start, split.end) for t in ("vol_features", "trend_features", "cross_features")]
+        labels.append(regimes.label_window(models, *window, config).assign(split=split.name))
+    tables["regime_labels"] = pd.concat(labels, ignore_index=True)
+    for name, frame in tables.items():
+        write_table(str(data_dir / "warehouse.duckdb"), name, frame)
+    selected = {"vol": ["realized_vol_20d", "garch_sigma", "vol_ratio"],
+                "trend": ["momentum_50d", "rate_of_change", "trend_strength"],
+                "cross": ["avg_pairwise_corr"]}
+    (data_dir / "models").mkdir(parents=True, exist_ok=True)
+    (data_dir / "models" / "selected_features.json").write_text(json.dumps({g: {"selected": c} for g, c in selected.items()}))
+    return tables

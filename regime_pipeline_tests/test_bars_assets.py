@@ -215,3 +215,109 @@ def test_a_symbols_rows_after_its_last_bar_are_never_joined_to_it():
     assert kept["date"].tolist() == [dt.date(2022, 5, 13), dt.date(2022, 6, 1)]
     assert kept["symbol"].tolist() == ["LUNAUSDT", "BTCUSDT"]
     assert warnings and "LUNAUSDT 2" in warnings[0]
+
+
+# A folder of files for 5 of the candidate symbols, each at another interval.
+HELD = {"BTCUSDT": "minutes", "ETHUSDT": "5m", "SOLUSDT": "1h", "ADAUSDT": "4h", "XRPUSDT": "klines"}
+PARTIAL_DAYS = ("2021-10-01", "2021-10-03")  # intraday files; 1d files reach back over the features' look-back
+
+
+def _partial_folder(folder: Path) -> None:
+    from regime_pipeline_tests.test_intraday_files import bars_of
+    from regime_pipeline_tests.test_source_binance_files import (
+        bulk_lines, klines, write_csv, write_freqtrade_feather, write_freqtrade_json, write_zip,
+    )
+
+    first, end = dt.date(2021, 3, 1), dt.date(2021, 11, 1)
+    for symbol in ("BTCUSDT", "ETHUSDT", "XRPUSDT", "SOLUSDT", "ADAUSDT"):
+        month = first
+        while month < end:
+            after = (pd.Timestamp(month) + pd.offsets.MonthBegin(1)).date()
+            # SOL and ADA: daily klines only before October, so October's bars come from their files.
+            stop = min(after, dt.date(2021, 10, 1)) if symbol in ("SOLUSDT", "ADAUSDT") else after
+            if month < stop:
+                write_csv(folder / "daily" / f"{symbol}-1d-{month:%Y-%m}.csv",
+                          bulk_lines(klines(symbol, month, stop), interval="1d"))
+            month = after
+    days = [dt.date(2021, 10, d) for d in (1, 2, 3)]
+    for day in days:
+        write_zip(folder / "minutes" / f"BTCUSDT-1m-{day}.zip", bulk_lines(bars_of("1m", "BTCUSDT", day, day + dt.timedelta(days=1))))
+        write_csv(folder / f"ETHUSDT-5m-{day}.csv", bulk_lines(bars_of("5m", "ETHUSDT", day, day + dt.timedelta(days=1)), interval="5m"))
+    window = (days[0], days[-1] + dt.timedelta(days=1))
+    write_freqtrade_json(folder / "SOL_USDT-1h.json", bars_of("1h", "SOLUSDT", *window))
+    write_freqtrade_feather(folder / "ADA_USDT-4h.feather", bars_of("4h", "ADAUSDT", *window))
+    # A pair outside the candidates: skipped with a warning, not an error for every read.
+    write_csv(folder / "daily" / "PEPEUSDT-1d-2021-10.csv", bulk_lines(klines("BTCUSDT", *window), interval="1d"))
+
+
+def test_a_folder_with_five_of_the_candidates_builds_their_bars_and_names_the_others(data_dir, instance, tmp_path):
+    from regime_pipeline.definitions import all_assets
+
+    folder = tmp_path / "drop"
+    _partial_folder(folder)
+    resources = build_resources(str(data_dir), MarketData(source="binance_files", files_dir=str(folder)))
+    assert materialize_range([minute_bars], *PARTIAL_DAYS, resources, instance).success
+    # The features of 2021-10-03 read 189 days of bars.
+    result = materialize_range([daily_bars], "2021-03-28", PARTIAL_DAYS[1], resources, instance)
+    assert materialize_range(all_assets, "2021-03-28", PARTIAL_DAYS[1], resources, instance, selection=["universe"]).success
+
+    assert result.success
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    coverage = evaluations["coverage"]
+    others = [s for s in universe().trading(dt.date(2021, 3, 28), dt.date(2021, 10, 4)) if s not in HELD]
+    assert not coverage.passed and coverage.severity == dg.AssetCheckSeverity.WARN
+    assert coverage.metadata["no_data_for"].value == ", ".join(others)
+    assert coverage.metadata["missing_days"].value == 0
+    assert all(e.passed for name, e in evaluations.items() if name != "coverage")
+    assert evaluations["minutes_match_klines"].metadata["days_compared"].value == 2 * 3  # BTC and ETH have klines
+
+    bars = _bars(data_dir)
+    assert sorted(bars["symbol"].unique()) == sorted(HELD)
+    assert len(bars) == 5 * (dt.date(2021, 10, 4) - dt.date(2021, 3, 28)).days
+    window = bars[bars["date"] >= dt.date(2021, 10, 1)].set_index(["symbol", "date"])
+    assert {s: set(window.loc[s, "source"]) for s in HELD} == {s: {src} for s, src in HELD.items()}
+    real = pd.read_parquet(EMBEDDED / "daily_klines.parquet")
+    real["date"] = pd.to_datetime(real["date"]).dt.date
+    real = real.set_index(["symbol", "date"]).loc[window.index]
+    for column in ("open", "high", "low", "close"):
+        assert window[column].tolist() == real[column].tolist(), column
+    assert ((window["volume"] - real["volume"]).abs() <= 1e-9 * real["volume"]).all()
+
+    # Downstream masks the symbols without data, as before a listing: the day's features cover the five.
+    features = dg.materialize(all_assets, selection=["trend_features", "cross_features"], partition_key=PARTIAL_DAYS[1],
+                              resources=resources, instance=instance)
+    assert features.success
+    trend = read_table(str(data_dir / "warehouse.duckdb"), "trend_features")
+    cross = read_table(str(data_dir / "warehouse.duckdb"), "cross_features")
+    assert sorted(trend["symbol"]) == sorted(HELD)
+    assert cross["n_assets"].tolist() == [5]
+
+
+def test_coverage_warns_only_for_symbols_without_any_data_and_still_blocks_missing_days():
+    from regime_pipeline.checks.bars import daily_bar_checks
+    from regime_pipeline_tests.conftest import embedded_daily_bars
+
+    start, end = dt.date(2024, 3, 1), dt.date(2024, 3, 4)
+    every = embedded_daily_bars(universe().symbols)
+    every = every[(every["date"] >= start) & (every["date"] < end)].reset_index(drop=True)
+    no_klines = every.iloc[:0][["symbol", "date", "open", "high", "low", "close", "volume"]]
+    absent = ["DOGEUSDT", "XLMUSDT"]
+
+    def coverage(bars, absent):
+        aggregated = pd.DataFrame(columns=["symbol", "date", "open", "high", "low", "close", "volume", "n_minutes"])
+        return next(r for r in daily_bar_checks(bars, aggregated, no_klines, start, end, absent) if r.check_name == "coverage")
+
+    held = every[~every["symbol"].isin(absent)]
+    warned = coverage(held, absent)
+    assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
+    assert warned.metadata["no_data_for"].value == "DOGEUSDT, XLMUSDT" and "DOGEUSDT, XLMUSDT" in warned.description
+    # A day missing for a symbol the source does have: blocking, as ever.
+    gap = held[~((held["symbol"] == "BTCUSDT") & (held["date"] == dt.date(2024, 3, 2)))]
+    blocked = coverage(gap, absent)
+    assert not blocked.passed and blocked.severity == dg.AssetCheckSeverity.ERROR
+    assert blocked.metadata["missing_days"].value == 1 and blocked.metadata["no_data_for"].value == "DOGEUSDT, XLMUSDT"
+    # No data for any symbol is an empty or wrong source, not a partial one.
+    nothing = coverage(every.iloc[:0], universe().symbols)
+    assert not nothing.passed and nothing.severity == dg.AssetCheckSeverity.ERROR
+    assert nothing.metadata["missing_days"].value == len(universe().trading(start, end)) * 3
+    assert coverage(every, []).passed

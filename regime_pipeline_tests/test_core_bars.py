@@ -19,7 +19,7 @@ from regime_pipeline.core.data.bars import (
 from regime_pipeline.core.errors import DataError
 from regime_pipeline.core.data.ingest import ingest_minutes
 from regime_pipeline.core.data.lake import MinuteLake
-from regime_pipeline.core.data.quality import minute_day_problem
+from regime_pipeline.core.data.quality import intraday_day_problem
 from regime_pipeline.core.data.sources.embedded import EmbeddedSource
 from regime_pipeline_tests.conftest import EMBEDDED
 
@@ -80,6 +80,16 @@ def test_combine_prefers_minutes_and_labels_the_source():
     assert out.loc["BTCUSDT", "source"] == "minutes" and out.loc["BTCUSDT", "open"] == 1.1
     assert out.loc["BTCUSDT", "n_minutes"] == 1440
     assert out.loc["ETHUSDT", "source"] == "klines" and pd.isna(out.loc["ETHUSDT", "n_minutes"])
+
+    # Coarser intraday bars come between: used over the kline, never over the minutes.
+    hourly = pd.DataFrame(
+        [("BTCUSDT", day, 1.2, 2.2, 0.7, 1.7, 12.0, 1440, "1h"), ("ETHUSDT", day, 3.1, 4.1, 2.6, 3.6, 21.0, 1380, "1h")],
+        columns=[*klines.columns, "n_minutes", "source"],
+    )
+    out = combine_daily(minutes, klines, hourly).set_index("symbol")
+    assert out.loc["BTCUSDT", "source"] == "minutes" and out.loc["BTCUSDT", "open"] == 1.1
+    assert out.loc["ETHUSDT", "source"] == "1h" and out.loc["ETHUSDT", "open"] == 3.1
+    assert out.loc["ETHUSDT", "n_minutes"] == 1380 and out["n_minutes"].dtype == "Int32"
 
 
 def _bars(**changes) -> pd.DataFrame:
@@ -180,22 +190,22 @@ def _day(source: EmbeddedSource, symbol: str, day: dt.date) -> pd.DataFrame:
 
 def test_a_whole_day_or_a_known_gap_is_complete_without_a_kline(source):
     day, gap_day = dt.date(2021, 10, 2), dt.date(2021, 9, 29)
-    assert minute_day_problem(day, _day(source, "BTCUSDT", day), None, GAP, **TOLERANCES) is None
-    assert minute_day_problem(gap_day, _day(source, "BTCUSDT", gap_day), None, GAP, **TOLERANCES) is None
+    assert intraday_day_problem(day, _day(source, "BTCUSDT", day), None, GAP, **TOLERANCES) is None
+    assert intraday_day_problem(gap_day, _day(source, "BTCUSDT", gap_day), None, GAP, **TOLERANCES) is None
     # Without the gap on record, the maintenance day's 120 missing minutes need the kline.
-    problem = minute_day_problem(gap_day, _day(source, "BTCUSDT", gap_day), None, [], **TOLERANCES)
+    problem = intraday_day_problem(gap_day, _day(source, "BTCUSDT", gap_day), None, [], **TOLERANCES)
     assert problem is not None and "120 of 1440 minutes missing (first 07:00" in problem
     kline = _kline(source, "BTCUSDT", gap_day)
-    assert minute_day_problem(gap_day, _day(source, "BTCUSDT", gap_day), kline, [], **TOLERANCES) is None
+    assert intraday_day_problem(gap_day, _day(source, "BTCUSDT", gap_day), kline, [], **TOLERANCES) is None
 
 
 def test_a_day_cut_at_a_line_break_is_refused_with_or_without_its_kline(source):
     # The hostile case: BTC 2021-10-02 from its first 700 minutes, every row valid.
     day = dt.date(2021, 10, 2)
     cut = _day(source, "BTCUSDT", day).iloc[:700]
-    problem = minute_day_problem(day, cut, None, GAP, **TOLERANCES)
+    problem = intraday_day_problem(day, cut, None, GAP, **TOLERANCES)
     assert "740 of 1440 minutes missing (first 11:40; bars run 00:00..11:39)" in problem
-    problem = minute_day_problem(day, cut, _kline(source, "BTCUSDT", day), GAP, **TOLERANCES)
+    problem = intraday_day_problem(day, cut, _kline(source, "BTCUSDT", day), GAP, **TOLERANCES)
     assert "daily kline" in problem and "11:39" in problem
 
 
@@ -203,7 +213,7 @@ def test_a_whole_day_that_disagrees_with_its_kline_is_refused(source):
     day = dt.date(2021, 10, 2)
     minutes = _day(source, "ETHUSDT", day)
     minutes.loc[100, "volume"] += 1.0
-    problem = minute_day_problem(day, minutes, _kline(source, "ETHUSDT", day), GAP, **TOLERANCES)
+    problem = intraday_day_problem(day, minutes, _kline(source, "ETHUSDT", day), GAP, **TOLERANCES)
     assert problem is not None and "volume" in problem
 
 

@@ -16,16 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from regime_pipeline.configs import splits
 from regime_pipeline.core.regimes import detectors
-from regime_pipeline.core.regimes import labels as regimes
-from regime_pipeline.core.features import daily as F
 from regime_pipeline.definitions import all_assets
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.artifacts import sha256_file
 from regime_pipeline.resources.market_data import MarketData
 from regime_pipeline.resources.warehouse import read_table
-from regime_pipeline_tests.conftest import embedded_daily_bars, embedded_universe, materialize_range, write_table
+from regime_pipeline_tests.conftest import materialize_range, write_detector_inputs
 
 DAY = dt.timedelta(days=1)
 FAST = {"ops": {name: {"config": {"profile": "fast"}} for name in ("vol_detector", "trend_detector", "cross_detector")}}
@@ -34,34 +31,7 @@ FAST = {"ops": {name: {"config": {"profile": "fast"}} for name in ("vol_detector
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")
-    bars = embedded_daily_bars()
-    train = splits()["train"]
-    params = F.fit_garch(bars, train.start, train.end + DAY)
-    first, end = bars["date"].min(), dt.date(2026, 1, 1)
-    tables = {
-        "daily_bars": bars,
-        "vol_features": F.vol_features(bars, params, first, end),
-        "trend_features": F.trend_features(bars, first, end),
-        "cross_features": F.cross_features(bars, first, end),
-        "universe": embedded_universe(bars),
-    }
-    config = regimes.settings()
-    models = regimes.RegimeModels(
-        vol=regimes.fit_hmm(tables["vol_features"], "vol", train, config),
-        trend=regimes.fit_hmm(tables["trend_features"], "trend", train, config),
-    )
-    labels = []
-    for split in splits().values():
-        window = [regimes.in_window(tables[t], split.start, split.end) for t in ("vol_features", "trend_features", "cross_features")]
-        labels.append(regimes.label_window(models, *window, config).assign(split=split.name))
-    tables["regime_labels"] = pd.concat(labels, ignore_index=True)
-    for name, frame in tables.items():
-        write_table(str(data_dir / "warehouse.duckdb"), name, frame)
-    selected = {"vol": ["realized_vol_20d", "garch_sigma", "vol_ratio"],
-                "trend": ["momentum_50d", "rate_of_change", "trend_strength"],
-                "cross": ["avg_pairwise_corr"]}
-    (data_dir / "models").mkdir()
-    (data_dir / "models" / "selected_features.json").write_text(json.dumps({g: {"selected": c} for g, c in selected.items()}))
+    tables = write_detector_inputs(data_dir)
     resources = build_resources(str(data_dir), MarketData(source="embedded"))
     with dg.instance_for_test() as instance:
         result = dg.materialize(all_assets, selection=["vol_detector", "trend_detector", "cross_detector"],

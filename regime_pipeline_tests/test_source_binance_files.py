@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from regime_pipeline.configs import PROJECT_ROOT
+from regime_pipeline.core.data import intervals
 from regime_pipeline.core.data.bars import OHLCV_COLUMNS, aggregate_minutes_pandas
 from regime_pipeline.core.errors import DataError
 from regime_pipeline.core.data.sources.base import MarketDataSource
@@ -73,7 +74,7 @@ def bulk_lines(frame: pd.DataFrame, *, unit: str = "ms", interval: str = "1m") -
     Prices and volumes use 8 decimals as Binance does; times are epoch `unit` ("s", "ms", "us").
     """
     per_ms = {"s": 0.001, "ms": 1, "us": 1000}[unit]
-    step_ms = {"1m": 60_000, "1d": 86_400_000}[interval]
+    step_ms = int(intervals.step(interval) / pd.Timedelta(milliseconds=1))
     open_ms = frame["open_time"].astype("datetime64[ms]").astype("int64").to_numpy()
     open_t = (open_ms * per_ms).astype("int64")
     close_t = ((open_ms + step_ms) * per_ms).astype("int64") - 1
@@ -291,16 +292,17 @@ def test_non_data_files_are_ignored_and_subfolders_are_scanned(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
-        ("BTCUSDT-5m-2021-09-29.csv", "5m bars are not read"),
-        ("BTCUSDT-1h-2021-09.zip", "1h bars are not read"),
-        ("BTC_USDT-1h.json", "1h bars are not read"),
-        ("ETH_USDT-5m.feather", "5m bars are not read"),
+        ("BTCUSDT-1s-2021-09-29.csv", "1s bars are not read"),
+        ("BTCUSDT-3d-2021-09.zip", "3d bars are not read"),
+        ("BTC_USDT-1w.json", "1w bars are not read"),
+        ("BTCUSDT-1mo-2021-09.csv", "1mo bars are not read"),
+        ("ETH_USDT-1M.feather", "1M bars are not read"),
         ("BTCUSDT-7m-2021-09-29.csv", "'7m' is not a Binance kline interval"),
     ],
 )
 def test_a_file_of_an_interval_not_read_is_reported_by_name(tmp_path: Path, name: str, reason: str) -> None:
     write_csv(tmp_path / f"BTCUSDT-1m-{MAINTENANCE_DAY}.csv", bulk_lines(day_minutes(MAINTENANCE_DAY)))
-    # Real 5-minute bars would parse; what matters is that the file is named and not used.
+    # What matters is that the file is named and not used: its content is never read.
     (tmp_path / name).write_text("not read\n")
     log = Recorder()
 
@@ -337,7 +339,7 @@ def test_an_empty_feather_file_is_an_error_naming_it(tmp_path: Path) -> None:
 
 def test_a_bulk_file_that_stops_early_is_reported_and_yields_the_short_day(tmp_path: Path) -> None:
     # Cut cleanly at a line break: every line parses. The day is yielded with what it holds;
-    # whether it may be stored is decided against the klines and known gaps (quality.minute_day_problem).
+    # whether it may be stored is decided against the klines and known gaps (quality.intraday_day_problem).
     day = dt.date(2021, 10, 2)
     path = write_csv(tmp_path / f"BTCUSDT-1m-{day}.csv", bulk_lines(day_minutes(day))[:700])
     log = Recorder()
@@ -609,13 +611,17 @@ def test_a_feather_date_off_the_grid_by_less_than_a_millisecond_is_refused(tmp_p
     assert (error.row, error.field) == (6, "date") and "not a whole millisecond" in str(error)
 
 
-@pytest.mark.parametrize("name", ["FOOUSDT-1m-2021-09-29.csv", "FOO_USDT-1d.json"])
-def test_unknown_symbol_names_the_file(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("name", ["FOOUSDT-1m-2021-09-29.csv", "FOO_USDT-1d.json", "MATICUSDT-5m-2021-09.zip"])
+def test_a_file_for_a_symbol_outside_the_universe_is_skipped_with_a_warning(tmp_path: Path, name: str) -> None:
     write_csv(tmp_path / f"BTCUSDT-1m-{MAINTENANCE_DAY}.csv", bulk_lines(day_minutes(MAINTENANCE_DAY)))
-    (tmp_path / name).write_text("[]")
+    (tmp_path / name).write_text("[]")  # never read: an empty file would be an error
+    log = Recorder()
+    source = BinanceFilesSource(tmp_path, log=log)
 
-    error = raises_data_error(BinanceFilesSource(tmp_path))
-    assert name in str(error) and "unknown symbol 'FOOUSDT'" in str(error) and "universe.yaml" in str(error)
+    assert list(all_days(source)) == [MAINTENANCE_DAY]
+    assert source.daily_klines(["BTCUSDT"], SEPT, NOV).empty
+    assert source.available_symbols(["ETHUSDT", "BTCUSDT"]) == ["BTCUSDT"]
+    assert len(log.warnings) == 1 and name in log.warnings[0] and "not in the universe" in log.warnings[0]
 
 
 def test_truncated_freqtrade_json_names_file_and_record(tmp_path: Path) -> None:

@@ -11,10 +11,12 @@ from regime_pipeline.configs import data_settings, known_gaps, universe
 from regime_pipeline.core.data.bars import combine_daily
 from regime_pipeline.core.data.ingest import ingest_minutes
 from regime_pipeline.assets.metadata import add_run_metadata, plot_metadata
+from regime_pipeline.core.data.intraday import daily_from_intraday
 from regime_pipeline.core.plots import plot_daily_bars
 from regime_pipeline.partitions import DAILY
 from regime_pipeline.resources.market_data import MarketData
 from regime_pipeline.resources.storage import ProjectStorage
+from regime_pipeline.resources.warehouse import stored_values
 
 GROUP = "bars"
 
@@ -106,37 +108,70 @@ def within_spans(frame: pd.DataFrame, log) -> pd.DataFrame:
     pool="warehouse",
 )
 def daily_bars(context: dg.AssetExecutionContext, market_data: MarketData, storage: ProjectStorage):
-    """UTC daily OHLCV per asset, one row per (date, symbol) for every listed asset.
+    """UTC daily OHLCV per asset, one row per (date, symbol) for every listed asset the source has data for.
 
-    Aggregated in DuckDB from the lake's 1-minute bars where a complete minute day exists,
-    else the source's own daily kline; `source` says which and `n_minutes` how many minutes
-    a bar was built from. Assets are absent before their listing day, never filled. The checks
-    run on the bars before they are stored: a failing one fails the step and keeps the stored rows.
+    Aggregated in DuckDB from the lake's 1-minute bars where a complete minute day exists, else
+    from the source's coarser intraday bars (3m .. 12h files) where they make a complete day,
+    else the source's own daily kline; `source` says which (`minutes`, the interval, `klines`)
+    and `n_minutes` how many minutes a bar was built from. Assets are absent before their listing
+    day, never filled, and so is a symbol the source has no data for at all (a folder of files
+    for only some of the universe): the coverage check names it, as a warning, unless bars of it
+    are stored for these days, which leaving it out would delete (then the check fails). The
+    checks run on the bars before they are stored: a failing one fails the step and keeps the
+    stored rows.
     """
     start, end = window_days(context)
     source = market_data.open(log=context.log)
     known = universe()
     symbols = known.trading(start, end)
-    klines = within_spans(source.daily_klines(symbols, start, end), context.log)
-    minute_daily = within_spans(storage.lake().daily_aggregate(start, end, symbols), context.log)
-    bars = combine_daily(minute_daily, klines)
+    held = source.available_symbols(symbols)
+    absent = [s for s in symbols if s not in held]
+    # Leaving out a symbol whose bars are stored for these days would delete them: that is a gap.
+    stored = stored_values(storage.warehouse, "daily_bars", "symbol", "date >= ? AND date < ?", [start, end],
+                           log=context.log) if absent else set()
+    absent_stored = [s for s in absent if s in stored]
+    if absent:
+        context.log.warning(
+            f"daily_bars: the {market_data.source} source has no data at all for {', '.join(absent)}: "
+            "left out, as if not listed (the coverage check names them)"
+            + (f"; {', '.join(absent_stored)} have bars stored for these days, which this run must not "
+               "delete: the coverage check fails" if absent_stored else "")
+        )
+    klines = within_spans(source.daily_klines(held, start, end), context.log)
+    minute_daily = within_spans(storage.lake().daily_aggregate(start, end, held), context.log)
+    tolerances = data_settings()["reconciliation"]
+    intraday_daily = within_spans(daily_from_intraday(
+        source, held, start, end, klines,
+        gaps=[(gap.start, gap.end) for gap in known_gaps()],
+        price_rtol=tolerances["price_rtol"], volume_rtol=tolerances["volume_rtol"],
+        skip=set(zip(minute_daily["symbol"], minute_daily["date"])), log=context.log,
+    ), context.log)
+    bars = combine_daily(minute_daily, klines, intraday_daily)
+    counts = bars["source"].value_counts()
+    from_minutes, from_klines = int(counts.get("minutes", 0)), int(counts.get("klines", 0))
+    from_intraday = len(bars) - from_minutes - from_klines
     context.log.info(
-        f"daily_bars {start}..{end - dt.timedelta(days=1)}: {len(bars)} bars "
-        f"({int((bars['source'] == 'minutes').sum())} from minutes, {int((bars['source'] == 'klines').sum())} from klines)"
+        f"daily_bars {start}..{end - dt.timedelta(days=1)}: {len(bars)} bars ({from_minutes} from minutes, "
+        f"{from_intraday} from 3m..12h bars, {from_klines} from klines)"
     )
     last = end - dt.timedelta(days=1)
     metadata = {
         "first_date": str(start),
         "last_date": str(last),
-        "bars_from_minutes": int((bars["source"] == "minutes").sum()),
-        "bars_from_klines": int((bars["source"] == "klines").sum()),
+        "bars_from_minutes": from_minutes,
+        "bars_from_intraday": from_intraday,
+        "bars_from_klines": from_klines,
         "symbols": int(bars["symbol"].nunique()),
     }
+    if absent:
+        metadata["symbols_without_data"] = ", ".join(absent)
     if not bars.empty:
         metadata.update(plot_metadata(plot_daily_bars(bars, f"daily bars {start} .. {last}"), "daily_bars"))
     add_run_metadata(context, metadata)
     # Checked before the IO manager sees the frame: a failing blocking check leaves the stored slice as it was.
-    results = daily_bar_checks(bars, minute_daily, klines, start, end)
+    parts = [f for f in (minute_daily, intraday_daily) if not f.empty]
+    aggregated = pd.concat(parts, ignore_index=True) if parts else minute_daily
+    results = daily_bar_checks(bars, aggregated, klines, start, end, absent=[s for s in absent if s not in stored])
     yield from checked_output(dg.Output(bars), results, DAILY_BAR_CHECK_SPECS)
 
 

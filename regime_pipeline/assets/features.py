@@ -58,15 +58,28 @@ def _check_finite(asset: str, frame: pd.DataFrame) -> dg.AssetCheckResult:
 
 
 def require_bars(
-    daily_bars: pd.DataFrame, start: dt.date, end: dt.date, lookback_days: int = features.LOOKBACK_DAYS
+    daily_bars: pd.DataFrame, start: dt.date, end: dt.date, lookback_days: int = features.LOOKBACK_DAYS,
+    log=None,
 ) -> None:
     """Fail unless `daily_bars` holds a bar for every listed asset on every day of ``[start, end)``
     and the `lookback_days` before it: values computed from missing bars would be masked, and would
-    replace good stored rows with fewer or none."""
+    replace good stored rows with fewer or none.
+
+    A listed asset without a single bar in that window is one the market data source has no data
+    for at all (`daily_bars`' coverage check warned about it): it is masked, as before its listing,
+    and named in a warning to `log`. With no bar for any asset, `daily_bars` was not materialized.
+    """
     first = max(start - dt.timedelta(days=lookback_days), history_start())
     known = universe_config()
     listed = {s: d for s, d in known.listing_dates().items() if s in known.candidates}
     missing, _ = quality.coverage_gaps(daily_bars, listed, first, end, known.last_bars())
+    present = set(daily_bars["symbol"]) if len(daily_bars) else set()
+    absent = sorted(set(missing["symbol"]) - present) if present else []
+    if absent:
+        missing = missing.loc[~missing["symbol"].isin(absent)]
+        if log is not None:
+            log.warning(f"no daily bar at all for {', '.join(absent)} in {first}..{end - dt.timedelta(days=1)} "
+                        "(no market data for them): masked, as if not listed")
     if missing.empty:
         return
     examples = ", ".join(f"{s} {d}" for s, d in missing.head(5).itertuples(index=False))
@@ -132,7 +145,7 @@ def vol_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame, ga
     """Per (date, symbol): realized_vol_20d, garch_sigma, har_daily, har_weekly, vol_ratio
     (annualised with 365 days; formulas in configs/features.yaml)."""
     start, end = window_days(context)
-    require_bars(daily_bars, start, end)
+    require_bars(daily_bars, start, end, log=context.log)
     params = {s: features.GarchParams.from_dict(p) for s, p in garch_params.items()}
     frame = features.vol_features(candidate_bars(daily_bars), params, start, end)
     yield from _feature_output(context, "vol_features", frame, start, end)
@@ -143,7 +156,7 @@ def trend_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
     """Per (date, symbol): rate_of_change, close_normalized, momentum_50d,
     return_skewness_30d, trend_strength, volume_trend (configs/features.yaml)."""
     start, end = window_days(context)
-    require_bars(daily_bars, start, end)
+    require_bars(daily_bars, start, end, log=context.log)
     frame = features.trend_features(candidate_bars(daily_bars), start, end)
     yield from _feature_output(context, "trend_features", frame, start, end)
 
@@ -157,7 +170,7 @@ def cross_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame, 
     """Per date, across the universe's members that day: n_assets, avg_pairwise_corr,
     btc_dominance, vol_dispersion, corr_stability (configs/features.yaml)."""
     start, end = window_days(context)
-    require_bars(daily_bars, start, end)
+    require_bars(daily_bars, start, end, log=context.log)
     members = universe.loc[universe["member"].astype(bool), ["date", "symbol"]]
     frame = features.cross_features(candidate_bars(daily_bars), start, end, members=members)
     yield from _feature_output(context, "cross_features", frame, start, end)

@@ -90,7 +90,7 @@ def vol_forecasts(
     sqrt(mean(r_{d+1}^2 .. r_{d+h}^2)) made at the close of d by the naive, GARCH, HAR and
     LightGBM models; daily vol, fraction (not annualised); h = 1 and 7 days."""
     start, end = window_days(context)
-    require_bars(daily_bars, start, end, vf.LOOKBACK_DAYS)
+    require_bars(daily_bars, start, end, vf.LOOKBACK_DAYS, log=context.log)
     params = {s: features.GarchParams.from_dict(p) for s, p in garch_params.items()}
     models = vf.VolForecastModels.from_dict(vol_forecast_models)
     frame = vf.forecast(candidate_bars(daily_bars), vol_features, params, models, start, end)

@@ -22,13 +22,18 @@ class BlockingCheckFailed(dg.Failure):
 def checked_output(
     output: dg.Output, results: Sequence[dg.AssetCheckResult], specs: Sequence[dg.AssetCheckSpec]
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Yield the check `results`, then `output` only if no blocking check among `specs` failed.
+    """Yield the check `results`, then `output` only if no blocking check among `specs` failed with
+    ERROR severity (a WARN failure is shown in the UI and does not block).
 
     :raises BlockingCheckFailed: after yielding the results, if a blocking check failed
     """
     blocking = {spec.name for spec in specs if spec.blocking}
     yield from results
-    failed = [r for r in results if r.check_name in blocking and not r.passed]
+    # As Dagster does: a blocking check that fails with WARN severity warns and does not block.
+    failed = [
+        r for r in results
+        if r.check_name in blocking and not r.passed and r.severity == dg.AssetCheckSeverity.ERROR
+    ]
     if not failed:
         yield output
         return

@@ -33,7 +33,8 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
 
 def plot_daily_bars(bars: pd.DataFrame, title: str) -> plt.Figure:
     """Two panels: close prices rebased to 1 at each symbol's first day (log scale), and the
-    source of each (symbol, day) bar: from minutes, from the exchange's daily kline, or none."""
+    source of each (symbol, day) bar: from minutes, from coarser intraday bars, from the exchange's
+    daily kline, or none."""
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(11, 7), gridspec_kw={"height_ratios": [3, 2]}, constrained_layout=True
     )
@@ -47,14 +48,17 @@ def plot_daily_bars(bars: pd.DataFrame, title: str) -> plt.Figure:
     top.set_title(title)
     top.legend(ncol=7, fontsize=7, loc="upper left")
 
-    code = bars.assign(code=np.where(bars["source"] == "minutes", 2, 1))
+    code = bars.assign(code=np.select([bars["source"] == "minutes", bars["source"] == "klines"], [3, 1], 2))
     grid = code.pivot(index="symbol", columns="date", values="code").fillna(0)
-    cmap = matplotlib.colors.ListedColormap(["#eeeeee", "#4c72b0", "#dd8452"])
-    bottom.imshow(grid.to_numpy(), aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=2)
+    cmap = matplotlib.colors.ListedColormap(["#eeeeee", "#4c72b0", "#55a868", "#dd8452"])
+    bottom.imshow(grid.to_numpy(), aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=3)
     bottom.set_yticks(range(len(grid.index)), [s.removesuffix("USDT") for s in grid.index], fontsize=7)
     ticks = np.linspace(0, len(grid.columns) - 1, num=min(8, len(grid.columns))).astype(int)
     bottom.set_xticks(ticks, [str(grid.columns[i]) for i in ticks], fontsize=7)
-    bottom.set_title("bar source: grey = no bar (not listed), blue = daily kline, orange = 1-minute bars", fontsize=8)
+    bottom.set_title(
+        "bar source: grey = no bar (not listed, or no data), blue = daily kline, green = 3m..12h bars, "
+        "orange = 1-minute bars", fontsize=8,
+    )
     return fig
 
 

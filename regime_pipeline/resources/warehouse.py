@@ -199,6 +199,22 @@ def read_table(database: str, table: str, where: str = "TRUE", params: Sequence[
         return _query(con, f"SELECT * FROM {schema}.{table} WHERE {where}", list(params))
 
 
+def stored_values(
+    database: str, table: str, column: str, where: str = "TRUE", params: Sequence[Any] = (), schema: str = "main",
+    log: Any | None = None,
+) -> set:
+    """The distinct values of `column` in the rows of `table` matching `where`, read-only; empty when
+    the warehouse or the table does not exist yet."""
+    try:
+        with connect(database, read_only=True, log=log) as con:
+            if not table_exists(con, schema, table):
+                return set()
+            rows = con.execute(f'SELECT DISTINCT "{column}" FROM {schema}.{table} WHERE {where}', list(params)).fetchall()
+    except FileNotFoundError:
+        return set()
+    return {value for (value,) in rows}
+
+
 def _query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> pd.DataFrame:
     """Run `sql`; DATE columns come back as ``datetime.date`` (the project's day type), not timestamps."""
     relation = con.execute(sql, params)

@@ -21,8 +21,10 @@ PRICE_COLUMNS = ["open", "high", "low", "close"]
 OHLCV_COLUMNS = [*PRICE_COLUMNS, "volume"]
 MINUTE_COLUMNS = ["symbol", "open_time", *OHLCV_COLUMNS]
 DAILY_KLINE_COLUMNS = ["symbol", "date", *OHLCV_COLUMNS]
-# `source` is "minutes" (aggregated from 1-minute bars) or "klines" (the exchange's own
-# daily candle); `n_minutes` is the number of 1-minute bars behind a "minutes" row.
+# `source` is "minutes" (aggregated from 1-minute bars), the interval of the coarser intraday bars
+# a day was aggregated from ("3m" .. "12h"), or "klines" (the exchange's own daily candle);
+# `n_minutes` is how many minutes of the day the bars behind a row span (1-minute bars: their
+# count; 5-minute bars: 5 per bar), empty for a kline.
 DAILY_BAR_COLUMNS = ["date", "symbol", *OHLCV_COLUMNS, "source", "n_minutes"]
 
 MINUTE = pd.Timedelta(minutes=1)
@@ -144,7 +146,7 @@ def complete_days(
     `covered_from`/`covered_to` is the span the source has read: a day cut by the span's ends
     is partial and is not yielded, so a partial day can never masquerade as a daily bar. A day
     inside it may still lack minutes, an exchange gap (e.g. 2021-09-29 07:00-08:59) or a hole
-    in the data; :func:`regime_pipeline.core.data.quality.minute_day_problem` tells them apart
+    in the data; :func:`regime_pipeline.core.data.quality.intraday_day_problem` tells them apart
     before anything is stored. Days with no rows are not yielded. Each frame's
     ``attrs["source"]`` is `source` (the files or endpoint it came from), for error messages.
     """
@@ -163,6 +165,19 @@ def complete_days(
         minutes = group.reset_index(drop=True)
         minutes.attrs["source"] = source
         yield day.date(), minutes
+
+
+def aggregate_day(bars: pd.DataFrame) -> dict[str, float]:
+    """One day's OHLCV from its intraday bars (``open_time`` + OHLCV, any order): the first open,
+    the highest high, the lowest low, the last close and the summed volume."""
+    ordered = bars.sort_values("open_time")
+    return {
+        "open": float(ordered["open"].iloc[0]),
+        "high": float(ordered["high"].max()),
+        "low": float(ordered["low"].min()),
+        "close": float(ordered["close"].iloc[-1]),
+        "volume": float(ordered["volume"].sum()),
+    }
 
 
 def aggregate_minutes_pandas(minutes: pd.DataFrame) -> pd.DataFrame:
@@ -185,22 +200,33 @@ def aggregate_minutes_pandas(minutes: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def combine_daily(minute_daily: pd.DataFrame, klines: pd.DataFrame) -> pd.DataFrame:
-    """Daily bars: aggregated minutes where a complete minute day exists, else the exchange's kline.
+def combine_daily(minute_daily: pd.DataFrame, klines: pd.DataFrame, intraday_daily: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Daily bars from the best source of each (symbol, date): aggregated minutes where a complete
+    minute day exists, else a day aggregated from coarser intraday bars, else the exchange's kline.
 
     :param minute_daily: ``symbol, date, open, high, low, close, volume, n_minutes``
     :param klines: ``symbol, date, open, high, low, close, volume``
+    :param intraday_daily: ``symbol, date, open, high, low, close, volume, n_minutes, source`` with
+        `source` the interval the day was aggregated from (``3m`` .. ``12h``)
     :return: frame with :data:`DAILY_BAR_COLUMNS`, sorted by (date, symbol)
     """
-    from_minutes = minute_daily.assign(source="minutes")
-    keys = set(zip(from_minutes["symbol"], from_minutes["date"]))
-    keep = [k not in keys for k in zip(klines["symbol"], klines["date"])]
-    from_klines = klines.loc[keep].assign(source="klines", n_minutes=pd.NA)
-    parts = [p for p in (from_minutes, from_klines) if not p.empty]
-    if not parts:
+    parts = [minute_daily.assign(source="minutes")]
+    if intraday_daily is not None:
+        parts.append(intraday_daily)
+    parts.append(klines.assign(source="klines", n_minutes=pd.NA))
+    taken: set[tuple[str, dt.date]] = set()
+    kept = []
+    for part in parts:
+        if part.empty:
+            continue
+        keys = list(zip(part["symbol"], part["date"]))
+        keep = [k not in taken for k in keys]
+        taken.update(keys)
+        kept.append(part.loc[keep, DAILY_BAR_COLUMNS].astype({"n_minutes": "Int32"}))
+    kept = [p for p in kept if not p.empty]
+    if not kept:
         return empty_daily_bars()
-    out = pd.concat([p[DAILY_BAR_COLUMNS] for p in parts], ignore_index=True)
-    out["n_minutes"] = out["n_minutes"].astype("Int32")
+    out = pd.concat(kept, ignore_index=True)
     out["date"] = pd.to_datetime(out["date"]).dt.date
     return out.sort_values(["date", "symbol"], kind="stable").reset_index(drop=True)
 

@@ -1,6 +1,6 @@
 """Ingestion of 1-minute bars: complete UTC days from a source into the lake, one day at a time.
 
-Each day is verified before it is written (see :func:`quality.minute_day_problem`) and written as
+Each day is verified before it is written (see :func:`quality.intraday_day_problem`) and written as
 soon as it is verified, so an interrupted ingestion resumes at the first day not stored, and a
 refused day stops the run before anything stored for it is replaced.
 """
@@ -88,7 +88,7 @@ def ingest_minutes(
         for day, minutes in source.minute_days(symbol, todo[symbol][0], todo[symbol][-1] + dt.timedelta(days=1)):
             if not traded(symbol, day) or (not refetch and (symbol, day) in stored_keys):
                 continue
-            problem = quality.minute_day_problem(
+            problem = quality.intraday_day_problem(
                 day, minutes, kline_of.get((symbol, day)), gaps, price_rtol=price_rtol, volume_rtol=volume_rtol
             )
             if problem is not None:

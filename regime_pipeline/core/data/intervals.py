@@ -1,8 +1,10 @@
 """Kline intervals: the ones Binance publishes, the ones the pipeline reads, and the grid bars lie on.
 
 Every source decides here whether it can use a file or page of a given interval, and checks that
-each bar opens on its interval's boundary. The pipeline builds bars from ``1m`` and ``1d`` klines
-only; a file of any other interval is reported (never silently skipped) and not read.
+each bar opens on its interval's boundary. The pipeline reads every interval from a minute to a
+day: ``1m`` bars go to the minute lake, bars of ``3m`` to ``12h`` are aggregated to UTC days, and
+``1d`` bars are the exchange's own daily candles. A file of any other interval (``1s``, ``3d``,
+``1w``, ``1M``) is reported (never silently skipped) and not read.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ BINANCE_INTERVALS: dict[str, pd.Timedelta | None] = {
     "1M": None,
     "1mo": None,  # the bulk download's spelling of 1M
 }
-# What the sources turn into bars: minutes for the lake, days for `daily_bars`.
-USED_INTERVALS: tuple[str, ...] = ("1m", "1d")
+DAY = pd.Timedelta(days=1)
+# What the sources read, finest first: every interval that divides a UTC day.
+USED_INTERVALS: tuple[str, ...] = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
+# Bars finer than a day: aggregated to UTC days where a day is complete.
+INTRADAY_INTERVALS: tuple[str, ...] = USED_INTERVALS[:-1]
 
 
 def step(interval: str) -> pd.Timedelta:
@@ -44,12 +49,17 @@ def step(interval: str) -> pd.Timedelta:
     return length
 
 
+def bars_per_day(interval: str) -> int:
+    """How many bars of `interval` a complete UTC day has (1,440 minutes, 288 5m bars, 2 12h bars)."""
+    return DAY // step(interval)
+
+
 def unused_reason(interval: str) -> str | None:
     """None if bars of `interval` are read; else why a file of that interval is not used."""
     if interval in USED_INTERVALS:
         return None
     if interval in BINANCE_INTERVALS:
-        return f"{interval} bars are not read (only {' and '.join(USED_INTERVALS)} files are used)"
+        return f"{interval} bars are not read (only intervals from 1m to 1d that divide a day are used)"
     return f"{interval!r} is not a Binance kline interval"
 
 

@@ -147,7 +147,7 @@ class MinuteLake:
         clauses = ["month >= ? AND month <= ?", "open_time >= ? AND open_time < ?"]
         params: list = [_month(start), _month(last), pd.Timestamp(start), pd.Timestamp(end)]
         if symbols is not None:
-            clauses.append(f"symbol IN ({', '.join('?' for _ in symbols)})")
+            clauses.append(f"symbol IN ({', '.join('?' for _ in symbols)})" if symbols else "FALSE")
             params.extend(symbols)
         return "WHERE " + " AND ".join(clauses), params
 

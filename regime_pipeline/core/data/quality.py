@@ -1,5 +1,5 @@
 """Data-quality rules: for daily bars, each returns the offending rows (empty means it holds);
-for a day of 1-minute bars, whether the source shows the day complete."""
+for a day of intraday bars (1-minute to 12-hour), whether the source shows the day complete."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from regime_pipeline.core.data.bars import DAY, MINUTE, OHLCV_COLUMNS, PRICE_COLUMNS, days_in
-
-MINUTES_PER_DAY = 1440
-
+from regime_pipeline.core.data import intervals
+from regime_pipeline.core.data.bars import DAY, OHLCV_COLUMNS, PRICE_COLUMNS, aggregate_day, days_in
 
 def ohlc_inconsistent(bars: pd.DataFrame) -> pd.DataFrame:
     """Rows where high < low, high < max(open, close) or low > min(open, close)."""
@@ -80,66 +78,73 @@ def reconcile(
     return len(both), pd.DataFrame(rows, columns=columns)
 
 
-def _gap_minutes(day: dt.date, gaps: Sequence[tuple[dt.datetime, dt.datetime]]) -> pd.DatetimeIndex:
-    """The minutes of `day` that lie in one of the exchange's known `gaps` (``[from, to)``, naive UTC)."""
+def _gap_bars(day: dt.date, gaps: Sequence[tuple[dt.datetime, dt.datetime]], length: pd.Timedelta) -> pd.DatetimeIndex:
+    """Open times of the bars of `day` (of `length`) that lie wholly in one of the exchange's known
+    `gaps` (``[from, to)``, naive UTC): bars the exchange never made. A bar that overlaps a gap only
+    in part had trades outside it, and exists."""
     lo, hi = pd.Timestamp(day), pd.Timestamp(day) + DAY
-    parts = [
-        pd.date_range(max(lo, pd.Timestamp(a)), min(hi, pd.Timestamp(b)), freq=MINUTE, inclusive="left")
-        for a, b in gaps
-        if pd.Timestamp(a) < hi and lo < pd.Timestamp(b)
-    ]
+    parts = []
+    for a, b in gaps:
+        a, b = max(lo, pd.Timestamp(a)), min(hi, pd.Timestamp(b))
+        if a >= b:
+            continue
+        first = a.ceil(length)
+        if first + length <= b:
+            parts.append(pd.date_range(first, b - length, freq=length))
     return parts[0].append(parts[1:]) if parts else pd.DatetimeIndex([])
 
 
-def minute_day_problem(
+def intraday_day_problem(
     day: dt.date,
-    minutes: pd.DataFrame,
+    bars: pd.DataFrame,
     kline: Mapping[str, float] | None,
     gaps: Sequence[tuple[dt.datetime, dt.datetime]],
     *,
+    interval: str = "1m",
     price_rtol: float,
     volume_rtol: float,
 ) -> str | None:
-    """Why one symbol's 1-minute bars of `day` must not be stored as a complete day; None if they may.
+    """Why one symbol's `interval` bars of `day` must not be used as a complete day; None if they may.
 
-    A day of minutes is complete when the source shows the day closed: its bars cover every
-    minute, or each missing minute lies in a known exchange gap (`gaps`), or the bars add up to
-    the exchange's own daily candle for the day (`kline`: open, high, low, close, volume). Where
-    the kline exists the bars must reproduce it (relative tolerances `price_rtol`, `volume_rtol`),
-    whatever their count: minutes and kline are the same trades.
+    A day of bars is complete when the source shows the day closed: its bars cover every
+    interval of the day (1,440 minutes, 288 5-minute bars, ..., 2 12-hour bars), or each missing
+    bar lies wholly in a known exchange gap (`gaps`), or the bars add up to the exchange's own
+    daily candle for the day (`kline`: open, high, low, close, volume). Where the kline exists
+    the bars must reproduce it (relative tolerances `price_rtol`, `volume_rtol`), whatever
+    their count: bars and kline are the same trades.
 
-    :param minutes: ``open_time`` (naive UTC, on the minute grid, unique) and OHLCV, of `day` only
+    :param bars: ``open_time`` (naive UTC, on the interval's grid, unique) and OHLCV, of `day` only
+    :param interval: one of :data:`intervals.INTRADAY_INTERVALS`
     """
-    if minutes.empty:
+    if bars.empty:
         return "no bars"
-    times = minutes["open_time"].sort_values()
+    times = bars["open_time"].sort_values()
     if kline is not None:
-        ordered = minutes.sort_values("open_time")
-        aggregated = {
-            "open": float(ordered["open"].iloc[0]),
-            "high": float(ordered["high"].max()),
-            "low": float(ordered["low"].min()),
-            "close": float(ordered["close"].iloc[-1]),
-            "volume": float(ordered["volume"].sum()),
-        }
+        aggregated = aggregate_day(bars)
         for field in OHLCV_COLUMNS:
             expected = float(kline[field])
             rtol = volume_rtol if field == "volume" else price_rtol
             if abs(aggregated[field] - expected) > rtol * max(abs(expected), np.finfo(float).tiny):
                 return (
-                    f"{len(minutes)} bars from {times.iloc[0]:%H:%M} to {times.iloc[-1]:%H:%M} add up to "
+                    f"{len(bars)} {_what(interval)} from {times.iloc[0]:%H:%M} to {times.iloc[-1]:%H:%M} add up to "
                     f"{field} {aggregated[field]!r}, but the exchange's daily kline says {expected!r}: "
                     "a partial or altered download"
                 )
         return None
-    if len(minutes) == MINUTES_PER_DAY:
+    expected_bars = intervals.bars_per_day(interval)
+    if len(bars) == expected_bars:
         return None
-    every = pd.date_range(pd.Timestamp(day), pd.Timestamp(day) + DAY, freq=MINUTE, inclusive="left")
-    missing = every.difference(pd.DatetimeIndex(times)).difference(_gap_minutes(day, gaps))
+    length = intervals.step(interval)
+    every = pd.date_range(pd.Timestamp(day), pd.Timestamp(day) + DAY, freq=length, inclusive="left")
+    missing = every.difference(pd.DatetimeIndex(times)).difference(_gap_bars(day, gaps, length))
     if missing.empty:
         return None
     return (
-        f"{len(missing)} of {MINUTES_PER_DAY} minutes missing (first {missing[0]:%H:%M}; bars run "
+        f"{len(missing)} of {expected_bars} {_what(interval)} missing (first {missing[0]:%H:%M}; bars run "
         f"{times.iloc[0]:%H:%M}..{times.iloc[-1]:%H:%M}), not a known exchange gap (configs/data.yaml "
         "known_gaps) and no daily kline to prove the day closed: a partial download"
     )
+
+
+def _what(interval: str) -> str:
+    return "minutes" if interval == "1m" else f"{interval} bars"

@@ -35,7 +35,26 @@ class MarketDataSource(Protocol):
         came from in ``attrs["source"]`` (files, endpoint). A covered day is one the source read
         from 00:00 to 24:00: days cut by the ends of a download are never yielded. Minutes missing
         inside a covered day are judged before storing
-        (:func:`regime_pipeline.core.data.quality.minute_day_problem`). Days are yielded in order,
+        (:func:`regime_pipeline.core.data.quality.intraday_day_problem`). Days are yielded in order,
         one at a time, so a caller can store each before the next is fetched.
+        """
+        ...
+
+    def intraday_days(self, symbol: str, start: dt.date, end: dt.date) -> Iterator[tuple[dt.date, str, pd.DataFrame]]:
+        """Yield ``(day, interval, bars)`` for the UTC days of `symbol` in ``[start, end)`` that the
+        source holds as bars of an interval from ``3m`` to ``12h`` (see
+        :mod:`regime_pipeline.core.data.intervals`): interval by interval, finest first.
+
+        `bars` is as for :meth:`minute_days`, on the interval's grid; covered days only, judged
+        before use (:func:`regime_pipeline.core.data.quality.intraday_day_problem`). A source
+        without such bars yields nothing.
+        """
+        ...
+
+    def available_symbols(self, symbols: Sequence[str]) -> list[str]:
+        """Those of `symbols` the source has any data for at all, in the order given.
+
+        A symbol it has nothing for is absent from its bars, as before its listing, and is
+        reported as such (a warning) rather than as missing days.
         """
         ...

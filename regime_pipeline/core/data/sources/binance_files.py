@@ -3,16 +3,21 @@
 Two families of file names are recognised, anywhere under the folder:
 
 * Binance bulk downloads (data.binance.vision, spot klines):
-  ``<SYMBOL>-<1m|1d>-<YYYY-MM-DD>.csv|.zip`` (one day) and ``<SYMBOL>-<1m|1d>-<YYYY-MM>.csv|.zip``
+  ``<SYMBOL>-<interval>-<YYYY-MM-DD>.csv|.zip`` (one day) and ``<SYMBOL>-<interval>-<YYYY-MM>.csv|.zip``
   (one month). Rows are the 12-column kline layout, open time in epoch milliseconds, or
   microseconds from 2025-01-01 on; an optional header line is skipped. A ``.CHECKSUM`` file
   next to a data file, as published by Binance, is used to verify it.
-* freqtrade data files: ``<BASE>_<QUOTE>-<1m|1d>.json`` (a list of
-  ``[open_time_ms, open, high, low, close, volume]``) and ``<BASE>_<QUOTE>-<1m|1d>.feather``
+* freqtrade data files: ``<BASE>_<QUOTE>-<interval>.json`` (a list of
+  ``[open_time_ms, open, high, low, close, volume]``) and ``<BASE>_<QUOTE>-<interval>.feather``
   (columns ``date`` as tz-aware UTC datetimes, ``open, high, low, close, volume``).
 
-A file named like these but for another interval (``5m``, ``1h``, ...) is not read and is
-reported as a warning naming it; other files (README, ``.CHECKSUM``) are ignored. Prices are in
+`interval` is any Binance interval from ``1m`` to ``1d`` that divides a day (``1m, 3m, 5m, 15m,
+30m, 1h, 2h, 4h, 6h, 8h, 12h, 1d``; see :mod:`regime_pipeline.core.data.intervals`): ``1m`` bars
+are what ingestion stores in the minute lake, ``3m`` to ``12h`` bars are aggregated to UTC days
+(:func:`regime_pipeline.core.data.intraday.daily_from_intraday`), ``1d`` bars are the exchange's
+daily klines. These files are not read, each reported as a warning naming it: a file of another
+interval (``1s``, ``3d``, ``1w``, ``1M``), and a file for a symbol outside the universe (the
+folder may hold more than the pipeline trades). Other files (README, ``.CHECKSUM``) are ignored. Prices are in
 the quote currency, volume in base-asset units, times are candle open times in UTC. Errors name
 the file, the 1-based row (CSV line number with any header counted; record index + 1 for JSON
 and feather) and the field.
@@ -97,7 +102,7 @@ class DataFile:
     path: Path
     family: str  # "binance" or "freqtrade"
     symbol: str
-    interval: str  # as the name spells it; only "1m" and "1d" files are read
+    interval: str  # as the name spells it; only intervals.USED_INTERVALS are read
     period_from: pd.Timestamp | None = None
     period_to: pd.Timestamp | None = None
 
@@ -138,31 +143,21 @@ def declared_period(period: str, source: str) -> tuple[pd.Timestamp, pd.Timestam
     return start, start + pd.offsets.MonthBegin(1)
 
 
-def classify(path: Path, symbols: Sequence[str]) -> DataFile | None:
+def classify(path: Path) -> DataFile | None:
     """Recognise a data file by its name; None for any other file (README, .CHECKSUM, ...).
 
-    A file of an interval the pipeline does not read is returned as well (its `interval` says
-    so); the caller reports it. Raises :class:`DataError` naming the file if a file of a read
-    interval is for a symbol not in `symbols`, since silently skipping it would hide data the
-    user meant to load.
+    Files of intervals the pipeline does not read, and for any symbol, are returned as well:
+    the caller decides what it uses and reports the rest.
     """
-    source = str(path)
     if match := _BULK_NAME.fullmatch(path.name):
         symbol, interval = match["symbol"], match["interval"]
         if intervals.unused_reason(interval) is not None:
             return DataFile(path, "binance", symbol, interval)
-        period_from, period_to = declared_period(match["period"], source)
-        found = DataFile(path, "binance", symbol, interval, period_from, period_to)
-    elif match := _FREQTRADE_NAME.fullmatch(path.name):
-        symbol, interval = match["base"] + match["quote"], match["interval"]
-        found = DataFile(path, "freqtrade", symbol, interval)
-        if intervals.unused_reason(interval) is not None:
-            return found
-    else:
-        return None
-    if symbol not in symbols:
-        raise DataError(source, f"unknown symbol {symbol!r}: not in configs/universe.yaml {list(symbols)}")
-    return found
+        period_from, period_to = declared_period(match["period"], str(path))
+        return DataFile(path, "binance", symbol, interval, period_from, period_to)
+    if match := _FREQTRADE_NAME.fullmatch(path.name):
+        return DataFile(path, "freqtrade", match["base"] + match["quote"], match["interval"])
+    return None
 
 
 # --------------------------------------------------------------------------- raw bytes
@@ -496,9 +491,10 @@ class BinanceFilesSource:
     The folder is scanned once, on first use, including sub-folders. A file is parsed only
     when a request reaches into the period its name declares (freqtrade files declare none and
     are parsed on the first request for their symbol and interval), and parsed files are cached.
+    The folder may hold files for only some of the symbols: :meth:`available_symbols` says which.
 
     :param folder: where the files are
-    :param symbols: the symbols files may be for; defaults to ``configs/universe.yaml``
+    :param symbols: the symbols whose files are read; defaults to ``configs/universe.yaml``
     :param log: receives a warning for each file that is not used, or not used whole
     """
 
@@ -513,20 +509,31 @@ class BinanceFilesSource:
         self._minute_cache: OrderedDict[Path, ParsedFile] = OrderedDict()
 
     def files(self, symbol: str, interval: str) -> list[DataFile]:
-        """The recognised files for `symbol` at `interval` ("1m" or "1d"), ordered by declared period."""
+        """The recognised files for `symbol` at `interval` (one of ``intervals.USED_INTERVALS``),
+        ordered by declared period."""
         if self._files is None:
             self._files = self._scan()
         return self._files.get((symbol, interval), [])
+
+    def available_symbols(self, symbols: Sequence[str]) -> list[str]:
+        """Those of `symbols` the folder has at least one file for, of any interval it reads."""
+        if self._files is None:
+            self._files = self._scan()
+        held = {symbol for symbol, _ in self._files}
+        return [s for s in symbols if s in held]
 
     def _scan(self) -> dict[tuple[str, str], list[DataFile]]:
         if not self.folder.is_dir():
             raise DataError(str(self.folder), "not a folder")
         index: dict[tuple[str, str], list[DataFile]] = {}
         for path in sorted(self.folder.rglob("*")):
-            if not path.is_file() or (found := classify(path, self.symbols)) is None:
+            if not path.is_file() or (found := classify(path)) is None:
                 continue
             if (reason := intervals.unused_reason(found.interval)) is not None:
                 self.log.warning(f"{path}: not used: {reason}")
+                continue
+            if found.symbol not in self.symbols:
+                self.log.warning(f"{path}: not used: {found.symbol} is not in the universe (configs/universe.yaml)")
                 continue
             index.setdefault((found.symbol, found.interval), []).append(found)
         epoch = pd.Timestamp(0)
@@ -535,6 +542,7 @@ class BinanceFilesSource:
         return index
 
     def _parsed(self, file: DataFile) -> ParsedFile:
+        # Daily files are small and every request reads them; intraday files are large and read in order.
         if file.interval == "1d":
             if file.path not in self._daily_cache:
                 self._daily_cache[file.path] = parse_file(file, self.log)
@@ -569,17 +577,31 @@ class BinanceFilesSource:
         return pd.concat(out, ignore_index=True)[DAILY_KLINE_COLUMNS]
 
     def minute_days(self, symbol: str, start: dt.date, end: dt.date) -> Iterator[tuple[dt.date, pd.DataFrame]]:
-        """Yield ``(day, minutes)`` for each complete UTC day of `symbol` in ``[start, end)``.
+        """Yield ``(day, minutes)`` for each complete UTC day of `symbol` in ``[start, end)`` that
+        ``1m`` files cover (see :meth:`interval_days`)."""
+        yield from self.interval_days(symbol, "1m", start, end)
 
-        `minutes` has columns ``open_time`` (naive UTC ``datetime64[ms]``) and float64 OHLCV,
-        volume in base-asset units; ``attrs["source"]`` names the files it came from. A day is
-        yielded when the files' covered spans (a bulk file's declared day or month, a freqtrade
-        file's first to last closed bar) contain all of it; whether its bars are all of the day
-        is judged before it is stored (:func:`regime_pipeline.core.data.quality.minute_day_problem`).
-        Files are read one day at a time.
+    def intraday_days(self, symbol: str, start: dt.date, end: dt.date) -> Iterator[tuple[dt.date, str, pd.DataFrame]]:
+        """Yield ``(day, interval, bars)`` for the days of `symbol` in ``[start, end)`` that files of an
+        interval from ``3m`` to ``12h`` cover: interval by interval, finest first, days in order."""
+        for interval in intervals.INTRADAY_INTERVALS[1:]:
+            for day, bars in self.interval_days(symbol, interval, start, end):
+                yield day, interval, bars
+
+    def interval_days(
+        self, symbol: str, interval: str, start: dt.date, end: dt.date
+    ) -> Iterator[tuple[dt.date, pd.DataFrame]]:
+        """Yield ``(day, bars)`` for each UTC day of `symbol` in ``[start, end)`` covered by `interval` files.
+
+        `bars` has columns ``open_time`` (naive UTC ``datetime64[ms]``, on the interval's grid) and
+        float64 OHLCV, volume in base-asset units; ``attrs["source"]`` names the files it came from.
+        A day is yielded when the files' covered spans (a bulk file's declared day or month, a
+        freqtrade file's first to last closed bar) contain all of it; whether its bars are all of
+        the day is judged before it is used
+        (:func:`regime_pipeline.core.data.quality.intraday_day_problem`). Files are read one day at a time.
         """
         lo, hi = pd.Timestamp(start), pd.Timestamp(end)
-        file_spans = [(f, self._span(f)) for f in self.files(symbol, "1m") if f.may_overlap(lo, hi)]
+        file_spans = [(f, self._span(f)) for f in self.files(symbol, interval) if f.may_overlap(lo, hi)]
         for span_from, span_to in union_spans([span for _, span in file_spans]):
             covered_from, covered_to = max(span_from, lo), min(span_to, hi)
             day = covered_from.ceil("D")
@@ -594,7 +616,7 @@ class BinanceFilesSource:
                 day += DAY
 
     def _span(self, file: DataFile) -> tuple[pd.Timestamp, pd.Timestamp]:
-        """The span a 1-minute file covers: declared by a bulk file's name, read from a freqtrade file."""
+        """The span an intraday file covers: declared by a bulk file's name, read from a freqtrade file."""
         if file.period_from is not None and file.period_to is not None:
             return file.period_from, file.period_to
         parsed = self._parsed(file)

@@ -286,6 +286,14 @@ class CcxtSource:
                 # Keep only the rows of the day still being filled.
                 pending = pending.loc[pending["open_time"] >= fetched_to.floor("D")].reset_index(drop=True)
 
+    def intraday_days(self, symbol: str, start: dt.date, end: dt.date) -> Iterator[tuple[dt.date, str, pd.DataFrame]]:
+        """None: the live source fetches 1-minute bars, which ingestion stores in the lake."""
+        return iter(())
+
+    def available_symbols(self, symbols: Sequence[str]) -> list[str]:
+        """All of them: the exchange serves every listed pair."""
+        return list(symbols)
+
     # -- paging and retries ------------------------------------------------------------
 
     def _now(self) -> pd.Timestamp:

@@ -90,3 +90,12 @@ class EmbeddedSource:
         covered_to = own["open_time"].iloc[-1] + MINUTE
         window = own[(own["open_time"] >= pd.Timestamp(start)) & (own["open_time"] < pd.Timestamp(end))]
         yield from complete_days(window, covered_from, covered_to, str(self.minute_bars_path))
+
+    def intraday_days(self, symbol: str, start: dt.date, end: dt.date) -> Iterator[tuple[dt.date, str, pd.DataFrame]]:
+        """None: the embedded intraday data is the 1-minute window, which ingestion stores in the lake."""
+        return iter(())
+
+    def available_symbols(self, symbols: Sequence[str]) -> list[str]:
+        """Those of `symbols` with daily klines in the embedded file."""
+        held = set(self._load_klines()["symbol"])
+        return [s for s in symbols if s in held]
