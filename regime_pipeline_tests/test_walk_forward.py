@@ -131,3 +131,17 @@ def test_persistence_uses_only_what_is_known_at_d():
     cross_inputs = ladder.KindInputs("cross", cross_keys, np.zeros((10, 1)), filt[:, :3], np.full(10, -1))
     cross = ladder.persisted_codes("cross", "same_day", 0, cross_keys, y % 3, cross_inputs, ladder.regime_names("cross"))
     np.testing.assert_array_equal(cross, y % 3)
+
+
+def test_a_workers_warnings_and_library_log_warnings_reach_the_callback_once_each():
+    from regime_pipeline_tests.workers import warn_and_log
+
+    said: list[str] = []
+    pool = wf.worker_pool(2)
+    try:
+        results = wf.run_tasks(warn_and_log, [1, 2, 3], pool, warn=said.append)
+    finally:
+        pool.shutdown()
+    assert results == [1, 4, 9]
+    assert sorted(said) == sorted(["UserWarning: task 1 warns", "UserWarning: task 2 warns", "UserWarning: task 3 warns",
+                                   "some.library: shared library message"])

@@ -1,4 +1,4 @@
-"""Work the storage tests run in separate processes: ``python -m regime_pipeline_tests.workers TASK ...``.
+"""Work tests run in separate processes: ``python -m regime_pipeline_tests.workers TASK ...``, and pool tasks.
 
 Each task prepares everything (imports, data, resources), prints ``ready``, then waits for the
 file given as ``--go`` before it starts writing, so that several processes start their writes
@@ -74,6 +74,16 @@ def materialize(args: argparse.Namespace) -> None:
     print(f"run {result.run_id} {'succeeded' if result.success else 'failed'}", flush=True)
     sys.exit(0 if result.success else 1)
 
+def warn_and_log(value: int) -> int:
+    """A pool task that warns and logs a library warning, then returns `value` squared."""
+    import logging
+    import warnings
+
+    warnings.warn(f"task {value} warns", UserWarning, stacklevel=1)
+    logging.getLogger("some.library").warning("shared library message")
+    return value * value
+
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m regime_pipeline_tests.workers")
@@ -100,3 +110,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -75,7 +75,7 @@ def walk_forward_models(
     workers = config.workers or int(wf.settings()["workers"])
     bars, members = _on_universe(daily_bars, universe)
     labelers, trained = wf.fit_origins(bars, trend_features, cross_features, origins, storage.models_dir,
-                                       profile, workers, log=context.log.info, members=members)
+                                       profile, workers, log=context.log.info, warn=context.log.warning, members=members)
     windows = pd.DataFrame([{**labelers[o].windows.record(), "garch_median_for": ", ".join(labelers[o].garch_pooled) or "none"}
                             for o in origins])
     summary = pd.DataFrame([{k: r[k] for k in ("origin", "target", "kind", "best_epoch", "epochs_run", "val_macro_f1",

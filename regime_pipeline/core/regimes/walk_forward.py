@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import multiprocessing
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -487,10 +489,12 @@ def worker_pool(workers: int) -> ProcessPoolExecutor | None:
 
 
 def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], pool: ProcessPoolExecutor | None,
-              done: Callable[[Any], None] | None = None) -> list[Any]:
+              done: Callable[[Any], None] | None = None, warn: Callable[[str], None] | None = None) -> list[Any]:
     """``[fn(task) for task in tasks]`` on `pool` (in this process when None), results in task
     order; `done` is called on each result as soon as it is ready. Each task must be picklable
-    and `fn` a module-level function."""
+    and `fn` a module-level function. A worker's warnings (Python's and libraries' log records
+    of level WARNING and above) come back with its result and go to `warn`, each text once;
+    without `warn` they are issued here as Python warnings."""
     if pool is None:
         results = []
         for task in tasks:
@@ -498,25 +502,57 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], pool: ProcessPoolE
             if done:
                 done(results[-1])
         return results
-    futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
+    futures = {pool.submit(_recording, fn, task): i for i, task in enumerate(tasks)}
     results: list[Any] = [None] * len(tasks)
+    said: set[str] = set()
     for future in as_completed(futures):
-        results[futures[future]] = future.result()
+        result, messages = future.result()
+        results[futures[future]] = result
+        for message in messages:
+            if message not in said:
+                said.add(message)
+                warn(message) if warn else warnings.warn(message, stacklevel=2)
         if done:
-            done(results[futures[future]])
+            done(result)
     return results
 
 
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(f"{record.name}: {record.getMessage()}")
+
+
+def _recording(fn: Callable[[Any], Any], task: Any) -> tuple[Any, list[str]]:
+    """``fn(task)`` in a worker, with the warnings it raised or logged. A spawned worker has no
+    log handler: without this, they would go straight to the terminal, unattributed."""
+    messages: list[str] = []
+    handler = _Collect(messages)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            result = fn(task)
+    finally:
+        root.removeHandler(handler)
+    messages += [f"{w.category.__name__}: {w.message}" for w in caught]
+    return result, messages
+
+
 def train_detectors(tasks: Sequence[dict[str, Any]], workers: int, log: Callable[[str], None] | None = None,
-                    pool: ProcessPoolExecutor | None = None) -> list[dict[str, Any]]:
+                    pool: ProcessPoolExecutor | None = None, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Train the detector tasks on `pool`, or on a new pool of `workers` processes; log one line
     per trained detector."""
     done = (lambda r: log(_describe(r))) if log else None
     if pool is not None:
-        return run_tasks(_train_one, tasks, pool, done)
+        return run_tasks(_train_one, tasks, pool, done, warn)
     own = worker_pool(min(workers, len(tasks)))
     try:
-        return run_tasks(_train_one, tasks, own, done)
+        return run_tasks(_train_one, tasks, own, done, warn)
     finally:
         if own is not None:
             own.shutdown()
@@ -534,10 +570,11 @@ def _fit_labeler_task(task: tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame,
 
 def fit_origins(bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features: pd.DataFrame,
                 origins: Sequence[int], models_dir: Path, profile_name: str, workers: int,
-                log: Callable[[str], None] | None = None, members: pd.DataFrame | None = None,
+                log: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None,
+                members: pd.DataFrame | None = None,
                 ) -> tuple[dict[int, Labelers], list[dict[str, Any]]]:
     """Fit everything of `origins`: their labelers, then their detectors, each stage's
-    independent fits spread over `workers` processes. Writes the labelers (JSON) and detectors
+    independent fits spread over `workers` processes (their warnings go to `warn`). Writes the labelers (JSON) and detectors
     (torch) under ``<models_dir>/walk_forward/<origin>/``. Labelers and targets are on the
     universe's member asset-days (`members`, ``date, symbol``; None: every row).
 
@@ -559,20 +596,20 @@ def fit_origins(bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features
     pool = worker_pool(workers)
     try:
         return _fit_origins(jobs, origins, models_dir, profile_name, workers, pool, bars, trend_features,
-                            cross_features, say, members)
+                            cross_features, say, warn, members)
     finally:
         if pool is not None:
             pool.shutdown()
 
 
-def _fit_origins(jobs, origins, models_dir, profile_name, workers, pool, bars, trend_features, cross_features, say,
+def _fit_origins(jobs, origins, models_dir, profile_name, workers, pool, bars, trend_features, cross_features, say, warn,
                  members=None):
     """The two stages of :func:`fit_origins` on one pool."""
     from regime_pipeline.resources.artifacts import write_atomic
 
     fitted = run_tasks(_fit_labeler_task, jobs, pool,
                        done=lambda r: say(f"origin {r['origin']}: {r['part']} labelers fitted in {r['seconds']:.1f}s "
-                                          f"(process {r['pid']})"))
+                                          f"(process {r['pid']})"), warn=warn)
     labelers = {}
     tasks = []
     for origin in origins:
@@ -588,7 +625,7 @@ def _fit_origins(jobs, origins, models_dir, profile_name, workers, pool, bars, t
     # Largest fits first (latest origin, LSTMs before graphs), so the workers finish together.
     tasks.sort(key=lambda t: (-int(t["windows"]["origin"]), t["kind"] == "cross"))
     say(f"training {len(tasks)} detectors ({profile_name} profile) on {workers} processes")
-    return labelers, train_detectors(tasks, workers, log=say, pool=pool)
+    return labelers, train_detectors(tasks, workers, log=say, pool=pool, warn=warn)
 
 
 def _describe(r: Mapping[str, Any]) -> str:
@@ -621,8 +658,6 @@ def probabilities(data: OriginData, models_dir: Path) -> pd.DataFrame:
 
 def model_records(models_dir: Path, origin: int) -> pd.DataFrame:
     """The recorded windows of every stored detector of an origin: one row per (target, kind)."""
-    from regime_pipeline.core.regimes import detectors
-
     rows = []
     for target in TARGETS:
         for kind, det in load_detectors(models_dir, origin, target).items():
