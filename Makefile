@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/data/dagster
 INSTANCE := $(DAGSTER_HOME)/dagster.yaml
 
-.PHONY: setup browser run test test-all bench ui validate clean
+.PHONY: setup browser postgres run test test-all bench ui validate clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,13 +38,28 @@ browser:
 		echo "browser: the UI test will be skipped. Install Chromium or Chrome and set REGIME_CHROMIUM to it."; \
 	fi
 
+# The cluster tests (regime_pipeline_tests/test_cluster.py) start a throw-away PostgreSQL from
+# Debian's server binaries (/usr/lib/postgresql/<version>/bin), installed here when missing and
+# we are root on Debian. The package's own service is not used.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "postgres: installing Debian's postgresql for the cluster tests (apt-get install postgresql)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+			|| echo "postgres: apt-get could not install postgresql; the cluster tests will be skipped (and fail under CI)"; \
+	else \
+		echo "postgres: no PostgreSQL server binaries and no way to install them here (needs root and apt-get);"; \
+		echo "postgres: the cluster tests will be skipped. Install Debian's postgresql package."; \
+	fi
+
 run: setup
 	$(BIN)/regime-pipeline run
 
-test: setup browser
+test: setup browser postgres
 	$(BIN)/python -m pytest
 
-test-all: setup browser
+test-all: setup browser postgres
 	$(BIN)/python -m pytest -m ""
 
 bench: setup

@@ -35,7 +35,7 @@ from dagster._core.utils import make_new_run_id
 from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start, splits
 from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.core.features import vol_forecasts
-from regime_pipeline.partitions import ORIGIN_NAMES, SPLIT_NAMES
+from regime_pipeline.partitions import ORIGIN_NAMES, POLICY_ORIGIN_NAMES, SPLIT_NAMES
 from regime_pipeline.recovery import SayLog, free_dead_runs, stop_on_signals
 from regime_pipeline.resources import default_data_dir
 from regime_pipeline.resources.warehouse import read_table
@@ -46,7 +46,8 @@ class Stage:
     name: str
     assets: tuple[str, ...]
     partitions: str  # "daily" (the run's date range), "split" (each split), "weekly", "origins" (every
-    # walk-forward origin in one run), "origin" (one run per origin), or "none"
+    # walk-forward origin in one run), "origin" (one run per origin), "policy_origin" (one run per
+    # walk-forward policy origin), or "none"
 
 
 STAGES = (
@@ -69,6 +70,9 @@ STAGES = (
     Stage("walk_forward_reports", ("walk_forward_reports",), "origin"),
     Stage("policy", ("ppo_policy",), "none"),
     Stage("backtest", ("allocation_backtest",), "split"),
+    Stage("walk_forward_policy", ("walk_forward_policy",), "policy_origin"),
+    Stage("walk_forward_backtest", ("walk_forward_backtest",), "policy_origin"),
+    Stage("walk_forward_allocation", ("walk_forward_allocation",), "none"),
     Stage("rebalance", ("weekly_rebalance",), "weekly"),
 )
 
@@ -118,7 +122,7 @@ def _range_tags(first: dt.date, last: dt.date) -> dict[str, Any]:
 
 def stage_runs(stage: Stage, first: dt.date, last: dt.date) -> list[StageRun]:
     """The runs that materialize `stage`: one over ``first..last``, one per split, every origin in
-    one, one per origin, or one."""
+    one, one per origin, one per policy origin, or one."""
     if stage.partitions == "daily":
         return [StageRun(f"{first} .. {last}", _range_tags(first, last), (last - first).days + 1)]
     if stage.partitions == "weekly":
@@ -131,6 +135,8 @@ def stage_runs(stage: Stage, first: dt.date, last: dt.date) -> list[StageRun]:
         return [StageRun(f"origins {ORIGIN_NAMES[0]} .. {ORIGIN_NAMES[-1]}", {"tags": tags}, len(ORIGIN_NAMES))]
     if stage.partitions == "origin":
         return [StageRun(f"origin {origin}", {"partition_key": origin}, 1) for origin in ORIGIN_NAMES]
+    if stage.partitions == "policy_origin":
+        return [StageRun(f"origin {origin}", {"partition_key": origin}, 1) for origin in POLICY_ORIGIN_NAMES]
     return [StageRun("", {}, 1)]
 
 
@@ -238,15 +244,19 @@ class Progress:
 
 
 def run_stage(stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterInstance, progress: Progress,
-              verbose: bool = False) -> float:
-    """Materialize `stage` (see `stage_runs`), reporting to `progress`; its elapsed seconds."""
+              verbose: bool = False, op_config: dict[str, dict] | None = None) -> float:
+    """Materialize `stage` (see `stage_runs`), reporting to `progress`; its elapsed seconds.
+    `op_config` holds the run config of assets by name (those of the stage are passed)."""
     from regime_pipeline.definitions import build_defs
 
     # Resources are read from the environment now, not when the module was first imported.
     defs = build_defs()
     keys = [dg.AssetKey(name) for name in stage.assets]
     job = defs.resolve_implicit_job_def_def_for_assets(keys)
-    run_config = {} if verbose else QUIET_CONSOLE
+    run_config = {} if verbose else dict(QUIET_CONSOLE)
+    ops = {name: config for name, config in (op_config or {}).items() if name in stage.assets}
+    if ops:
+        run_config["ops"] = ops
     runs = stage_runs(stage, first, last)
     failed = None
     progress.begin(stage, runs)
@@ -309,13 +319,20 @@ def summarize(data_dir: str, upto: str) -> str:
         out.append(walk_forward_summary(data_dir))
     if names.index(upto) >= names.index("policy"):
         policy = json.loads((Path(data_dir) / "models" / "ppo_policy.json").read_text())
-        seeds = ", ".join(f"seed {seed}: {s['val_sortino']:+.3f} at step {s['kept_step']:,}" for seed, s in policy["seeds"].items())
-        out.append(f"\nPPO policy (val Sortino, early-stopped): {seeds}; deployed seed {policy['chosen_seed']}")
+        score = policy["settings"]["val_score"]
+        seeds = ", ".join(f"{seed}: {s['val_smoothed']:+.4f} at {s['kept_step']:,}" for seed, s in policy["seeds"].items())
+        out.append(f"\nPPO policy, profile {policy['profile']}: ensemble of {len(policy['seeds'])} seeds deployed "
+                   f"(mean of their target weights). Kept step and smoothed val {score} per seed: {seeds}")
     if names.index(upto) >= names.index("backtest"):
         table = read_table(database, "allocation_backtest")
         table = table.set_index(["split", "strategy"]).loc[SPLIT_NAMES].reset_index()
-        out += ["\nAllocation backtests (weekly, net of 15 bps per side, 365-day annualisation):",
-                table.to_string(index=False, float_format="{:.4f}".format)]
+        columns = ["split", "strategy", "total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar",
+                   "annual_turnover", "sharpe_vs_ew", "sharpe_vs_ew_low", "sharpe_vs_ew_high"]
+        out += ["\nAllocation backtests (weekly, net of 15 bps per side, 365-day annualisation; Sharpe difference "
+                "to equal weight with its 95% bootstrap interval; full tables in data/reports/allocation_<split>.md):",
+                table[columns].to_string(index=False, float_format="{:.4f}".format)]
+    if names.index(upto) >= names.index("walk_forward_allocation"):
+        out.append(walk_forward_allocation_summary(database))
     if names.index(upto) >= names.index("rebalance"):
         out += ["", (Path(data_dir) / "reports" / "weekly_rebalance.md").read_text()]
     return "\n".join(out)
@@ -347,6 +364,18 @@ def walk_forward_summary(data_dir: str) -> str:
     return ("\nWalk-forward (origin Y: fitted before Y - 1, early-stopped on Y - 1, scored on Y; balanced accuracy,"
             " lift over the best baseline with a 90% block-bootstrap interval):\n"
             + table.to_string(index=False, float_format="{:.3f}".format))
+
+
+def walk_forward_allocation_summary(database: str) -> str:
+    """Per policy origin and pooled: each strategy's Sharpe difference to equal weight and BTC."""
+    table = read_table(database, "walk_forward_allocation")
+    table = table.loc[~table["strategy"].str.startswith("ppo_seeds_")]
+    columns = ["origin", "strategy", "total_return", "sharpe", "max_drawdown", "annual_turnover", "sharpe_vs_ew",
+               "sharpe_vs_ew_low", "sharpe_vs_ew_high", "sharpe_vs_btc", "sharpe_vs_btc_low", "sharpe_vs_btc_high"]
+    return ("\nWalk-forward allocation (origin Y: policy trained before Y - 1 on out-of-sample probabilities, "
+            "selected on Y - 1, every strategy scored on Y from cash; net of costs; Sharpe differences with 95% "
+            "bootstrap intervals; data/reports/walk_forward_allocation.md):\n"
+            + table[columns].to_string(index=False, float_format="{:.3f}".format))
 
 
 def forecast_summary(data_dir: str) -> str:
@@ -387,12 +416,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     first = dt.date.fromisoformat(args.start)
     last = dt.date.fromisoformat(args.end)
     names = [s.name for s in STAGES]
+    op_config = {"ppo_policy": {"config": {"profile": args.ppo_profile}}}
+    if args.walk_forward_ppo_profile:
+        op_config["walk_forward_policy"] = {"config": {"profile": args.walk_forward_ppo_profile}}
     progress = Progress(live=sys.stdout.isatty() and not args.verbose)
     began = time.monotonic()
     # Ctrl-C and SIGTERM stop the command; runs whose process died are failed and their pool slots freed.
     with stop_on_signals(instance, _say):
         for stage in STAGES[names.index(args.from_stage) : names.index(args.until) + 1]:
-            run_stage(stage, first, last, instance, progress, verbose=args.verbose)
+            run_stage(stage, first, last, instance, progress, verbose=args.verbose, op_config=op_config)
     elapsed = time.monotonic() - began
     print()
     print(summarize(default_data_dir(), args.until))
@@ -420,6 +452,10 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--until", default=stage_names[-1], choices=stage_names, help="last stage to run")
     run.add_argument("--walk-forward-profile", choices=["light", "full"],
                      help="detector profile of the walk-forward (default: configs/walk_forward.yaml's, light)")
+    run.add_argument("--ppo-profile", default="default", help="PPO training profile in configs/ppo.yaml "
+                     "(default; full: longer training, the published figures)")
+    run.add_argument("--walk-forward-ppo-profile", help="PPO training profile of the walk-forward policies in "
+                     "configs/ppo.yaml (default: configs/allocation.yaml's, light; `default`: the README's table)")
     run.add_argument("--verbose", action="store_true", help="also print Dagster's log line for every event")
     run.set_defaults(func=cmd_run)
     recover = sub.add_parser("recover", help="after a crash: fail the runs whose process died, free their pool slots")

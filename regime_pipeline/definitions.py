@@ -4,11 +4,16 @@ from typing import Any
 
 import dagster as dg
 
-from regime_pipeline.assets import allocation, bars, detectors, features, forecasts, regimes, trading, universe, walk_forward
+from regime_pipeline.assets import (
+    allocation, bars, detectors, features, forecasts, regimes, trading, universe, walk_forward, walk_forward_allocation,
+)
 from regime_pipeline.recovery import dead_run_sensor
 from regime_pipeline.resources import build_resources
+from regime_pipeline.resources.deployment import executor_from_env
 
-all_assets = dg.load_assets_from_modules([bars, universe, features, forecasts, regimes, detectors, walk_forward, allocation, trading])
+all_assets = dg.load_assets_from_modules(
+    [bars, universe, features, forecasts, regimes, detectors, walk_forward, allocation, walk_forward_allocation, trading]
+)
 
 bars_job = dg.define_asset_job(
     "bars_job",
@@ -36,6 +41,8 @@ weekly_rebalance_job = dg.define_asset_job(
     "weekly_rebalance_job",
     selection=dg.AssetSelection.assets(trading.weekly_rebalance),
     description="Rebalance the book for a Monday week: policy -> risk limits -> orders -> broker -> ledger.",
+    # The cluster's run queue lets one run with this tag trade at a time (deploy/cluster/dagster.yaml).
+    tags={"regime/books": "ledger"},
 )
 daily_update_schedule = dg.build_schedule_from_partitioned_job(
     daily_update_job, name="daily_update_schedule", hour_of_day=0, minute_of_hour=15,
@@ -55,6 +62,7 @@ def build_defs(resources: dict[str, Any] | None = None) -> dg.Definitions:
         schedules=[daily_update_schedule, weekly_rebalance_schedule],
         sensors=[dead_run_sensor],
         resources=resources if resources is not None else build_resources(),
+        executor=executor_from_env(),
     )
 
 

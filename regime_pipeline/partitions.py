@@ -1,4 +1,4 @@
-"""Partitions of the asset graph, and the split windows they are derived from.
+"""Partitions of the asset graph, and the split windows and origins they are derived from.
 
 The single source of truth: every asset, job and schedule imports its partitions from
 here, and the split windows come from ``configs/splits.yaml``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from regime_pipeline.configs import history_start, splits, walk_forward
+from regime_pipeline.core.allocation.walk_forward import WalkForwardSettings
 
 # One partition per UTC day from the first Binance spot USDT candle.
 DAILY = dg.DailyPartitionsDefinition(start_date=history_start().isoformat(), timezone="UTC")
@@ -27,6 +28,14 @@ SPLIT = dg.StaticPartitionsDefinition(SPLIT_NAMES)
 # early-stops on Y - 1 and predicts the days of Y.
 ORIGIN_NAMES = [str(y) for y in walk_forward()["origins"]]
 ORIGIN = dg.StaticPartitionsDefinition(ORIGIN_NAMES)
+
+# The origins an allocation policy can have (configs/allocation.yaml `walk_forward`): origin Y's
+# policy trains on the out-of-sample probabilities of the origins before Y - 1, so the first one
+# is two years after the first ORIGIN. A partitions definition of its own rather than two
+# origins of ORIGIN that could never be materialized.
+POLICY_ORIGIN_NAMES = [str(y) for y in WalkForwardSettings.from_config().policy_origins]
+POLICY_ORIGIN = dg.StaticPartitionsDefinition(POLICY_ORIGIN_NAMES)
+
 
 def summary_partition(partition_keys: list[str]) -> str | None:
     """The partition that carries the metadata describing a whole run: the last of a run of

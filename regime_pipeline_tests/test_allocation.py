@@ -42,7 +42,9 @@ def _val_sortino(policy: AllocationPolicy) -> float:
 
 
 def _train_env():
-    return allocation.make_env(_data(), *TRAIN, episode_weeks=26, random_start=True)
+    fast = ppo.settings("fast")
+    return allocation.make_env(_data(), *TRAIN, episode_weeks=26, random_start=True,
+                               no_trade_band=fast.no_trade_band, rebalance_rate=fast.rebalance_rate)
 
 
 def test_probabilities_are_laid_out_per_asset_then_market() -> None:
@@ -183,3 +185,107 @@ def test_policy_decisions_do_not_see_the_future() -> None:
     assert known.sum() > 20
     np.testing.assert_array_equal(a.targets[known], b.targets[known])
     assert not np.allclose(a.targets[~known], b.targets[~known])
+
+
+def test_no_checkpoint_is_kept_before_the_minimum_updates_and_the_smoothed_curve_decides() -> None:
+    """A lucky first evaluation (before the minimum number of updates) is never kept, and a lone
+    spike loses to a plateau once the curve is smoothed over 3 evaluations."""
+    fast = ppo.settings("fast")
+    every = fast.eval_every
+    config = dataclasses.replace(fast, total_timesteps=12 * every, min_updates=2 * every // fast.steps_per_update,
+                                 smoothing=3, patience=3)
+    scores = iter([9.0, 1.0, 4.0, 1.0, 1.0, 2.0, 2.2, 2.1, 0.0, 0.0, 0.0, 0.0])
+
+    def scorer(policy: AllocationPolicy) -> float:
+        return next(scores)
+
+    result = ppo.train_policy(_train_env, scorer, config, 0)
+    history = result.history
+    assert not history[0].eligible and all(e.eligible for e in history[1:])
+    np.testing.assert_allclose([e.smoothed for e in history[:4]], [9.0, 5.0, 14 / 3, 2.0])
+    # Eligible smoothed scores: 5.0 (step 2), 4.67, 2.0, 2.0, 1.33, 1.73, 2.1, ... -> best at step 2,
+    # which the 9.0 before the minimum props up; then 3 evaluations without a gain stop training.
+    assert result.best.step == 2 * every
+    assert result.stopped_early and len(history) == 5
+    # The training reward is recorded per rollout (before VecNormalize's scaling).
+    assert len(result.train_curve) == result.steps_run // fast.steps_per_update
+    assert all(np.isfinite(r) for _, r in result.train_curve)
+
+
+def test_the_ensemble_trades_the_mean_of_its_seeds_target_weights() -> None:
+    a, b = _trained(0).policy, _trained(1).policy
+    ensemble = ppo.ensemble([_trained(0), _trained(1)])
+    banded = dataclasses.replace(a, no_trade_band=a.no_trade_band + 0.03)
+    with pytest.raises(ValueError, match="differs"):
+        allocation.EnsemblePolicy((banded, b))
+    env = allocation.make_env(_data(), D(2021, 1, 1), D(2021, 12, 31))
+    obs, _ = env.reset()
+    for _ in range(20):
+        targets = ensemble.member_targets(obs, env)
+        np.testing.assert_allclose(targets[0], env.target_weights(a.action(obs)), atol=1e-12)
+        np.testing.assert_allclose(targets[1], env.target_weights(b.action(obs)), atol=1e-12)
+        weights = ensemble.target(obs, env)
+        np.testing.assert_allclose(weights, (targets[0] + targets[1]) / 2, atol=1e-12)
+        obs, *_ = env.step_weights(weights)
+    # Stored and loaded as one policy; its backtest is the mean-of-targets run.
+    again = allocation.load_policy(ensemble.to_dict())
+    assert isinstance(again, allocation.EnsemblePolicy) and len(again.members) == 2
+    run = allocation.backtest_policy(again, _data(), D(2021, 1, 1), D(2021, 12, 31))
+    np.testing.assert_allclose(run.equity, allocation.backtest_policy(ensemble, _data(), D(2021, 1, 1), D(2021, 12, 31)).equity)
+
+
+def test_a_training_job_sees_no_day_of_its_selection_window_or_after() -> None:
+    jobs = ppo.training_jobs(_data(), TRAIN, VAL, ppo.settings("fast"))
+    assert [j.seed for j in jobs] == list(ppo.settings("fast").seeds)
+    for job in jobs:
+        assert job.train_data.prices.dates[-1] == TRAIN[1] < VAL[0]
+        assert job.train_data.probs.shape[0] == job.train_data.prices.dates.size
+        assert job.val_data.prices.dates[-1] == VAL[1]
+        env = job.make_env()
+        assert env.ends[-1] == env._marks.close_value.shape[0] - 1  # the env ends on the last training day
+        assert env.no_trade_band == job.config.no_trade_band
+    with pytest.raises(ValueError, match="must follow"):
+        ppo.training_jobs(_data(), TRAIN, (D(2020, 6, 1), D(2021, 6, 30)), ppo.settings("fast"))
+
+
+def test_seeds_trained_in_worker_processes_equal_seeds_trained_here() -> None:
+    short = dataclasses.replace(ppo.settings("fast"), total_timesteps=ppo.settings("fast").eval_every)
+    jobs = ppo.training_jobs(_data(), TRAIN, VAL, short)
+    here = ppo.train_seeds(jobs, workers=1)
+    pooled = ppo.train_seeds(jobs, workers=2)
+    for x, y in zip(here, pooled):
+        assert x.seed == y.seed and [e.score for e in x.history] == [e.score for e in y.history]
+        for (wx, bx), (wy, by) in zip(x.policy.layers, y.policy.layers):
+            np.testing.assert_array_equal(wx, wy)
+            np.testing.assert_array_equal(bx, by)
+        assert y.sb3_zip[:2] == b"PK"  # the SB3 model, saved
+    assert [r.seed for r in pooled] == [0, 1]
+
+
+def test_an_ensembles_weekly_decision_is_unchanged_when_everything_after_its_sunday_is_shocked() -> None:
+    """The deployed form (seed ensemble, no-trade band, risk limits on its model book): the
+    target for a week depends on nothing after the Sunday close before it."""
+    from regime_pipeline.core.trading.risk import RiskLimits
+
+    ensemble = ppo.ensemble([_trained(0), _trained(1)])
+    data, limits = _data(), RiskLimits.from_config()
+    first, week = D(2021, 1, 4), D(2021, 6, 7)
+    sunday = week - dt.timedelta(days=1)
+    t = data.index(sunday)
+    rng = np.random.default_rng(8)
+    shock = rng.uniform(0.5, 2.0, size=data.prices.close[t + 1 :].shape)
+    prices = dataclasses.replace(data.prices, open=data.prices.open.copy(), close=data.prices.close.copy())
+    prices.open[t + 1 :] *= shock
+    prices.close[t + 1 :] *= shock[::-1]
+    probs = data.probs.copy()
+    probs[t + 1 :] = rng.random(probs[t + 1 :].shape)
+    altered = allocation.AllocationData(prices, probs, data.prob_columns)
+    a = allocation.decide_week(ensemble, data, first, week, limits)
+    b = allocation.decide_week(ensemble, altered, first, week, limits)
+    assert a.data_through == b.data_through == sunday
+    np.testing.assert_array_equal(a.target, b.target)
+    np.testing.assert_array_equal(a.observation, b.observation)
+    # The next week's decision does see the shocked days.
+    later = week + dt.timedelta(days=7)
+    assert not np.array_equal(allocation.decide_week(ensemble, data, first, later, limits).observation,
+                              allocation.decide_week(ensemble, altered, first, later, limits).observation)

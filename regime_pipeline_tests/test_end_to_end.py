@@ -29,11 +29,18 @@ def test_make_run_materializes_every_stage(tmp_path, monkeypatch, capsys):
     assert "Allocation backtests" in out
     backtest = read_table(database, "allocation_backtest")
     assert set(backtest["split"]) == {"train", "val", "test", "holdout"}
-    assert {"ppo", "btc_buy_and_hold", "equal_weight", "inverse_volatility", "momentum_inverse_vol"} <= set(backtest["strategy"])
+    assert {"ppo_ensemble", "btc_buy_and_hold", "equal_weight", "inverse_volatility", "momentum_inverse_vol",
+            "trend_risk_off_detector", "vol_target_trailing"} <= set(backtest["strategy"])
     policy = json.loads((tmp_path / "data" / "models" / "ppo_policy.json").read_text())
-    assert len(policy["seeds"]) >= 3
+    assert len(policy["seeds"]) >= 10 and policy["policy"]["kind"] == "ensemble"
     assert set(read_table(database, "vol_forecast_report")["split"]) == {"train", "val", "test", "holdout"}
     assert "Vol forecasts, pooled across assets" in out
     walked = read_table(database, "walk_forward_probabilities")
     assert set(walked["origin"]) == {"2020", "2021", "2022", "2023", "2024", "2025"}
     assert "Walk-forward (origin Y" in out
+    allocated = read_table(database, "walk_forward_allocation")
+    assert set(allocated["origin"]) == {"2022", "2023", "2024", "2025", "pooled"}
+    assert {"ppo_ensemble", "equal_weight", "btc_buy_and_hold"} <= set(allocated["strategy"])
+    deployed = json.loads((tmp_path / "data" / "models" / "walk_forward_policy" / "2025.json").read_text())
+    assert deployed["profile"] == "light" and deployed["train"][1] == "2023-12-31"
+    assert "Walk-forward allocation (origin Y" in out

@@ -3,6 +3,7 @@ design (cash is not optimal in a bull year), causality and reproducibility."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import warnings
 from functools import cache
@@ -12,7 +13,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from regime_pipeline.core.allocation.env import AllocationEnv, RewardConfig
+from regime_pipeline.core.allocation.env import AllocationEnv, RewardConfig, apply_no_trade_band
 from regime_pipeline.core.allocation.portfolio import Costs, simulate, validate_weights
 from regime_pipeline.core.allocation.strategies import Prices, decision_days, equal_weight, settings, wide_prices
 from regime_pipeline_tests.conftest import embedded_daily_bars
@@ -204,3 +205,85 @@ def test_same_seed_same_episode() -> None:
     np.testing.assert_array_equal(trace_a, trace_b)
     starts = {rollout(s)[0] for s in range(5)}
     assert len(starts) > 1  # random_start does draw different starts
+
+
+def test_the_reward_charges_exactly_the_accountings_cost() -> None:
+    """Flat prices, no downside or shortfall term: a trade's reward is log(1 - cost), the cost
+    `simulate` charges for the same trade, and nothing more."""
+    t_days, n = 30, 3
+    flat = np.full((t_days, n), 100.0)
+    days = np.array([0, 7, 14, 21])
+    assert RewardConfig.from_config().turnover == 0.0
+    reward = dataclasses.replace(RewardConfig.from_config(), downside=0.0, shortfall=0.0)
+    env = AllocationEnv(flat, flat, np.zeros((t_days, 1)), days, settings().costs, episode_weeks=None,
+                        random_start=False, reward=reward)
+    env.reset()
+    targets = np.array([[0.5, 0.5, 0.0, 0.0], [0.0, 0.2, 0.7, 0.1], [0.0, 0.2, 0.7, 0.1], [0.0, 0.0, 0.0, 1.0]])
+    rewards, costs = [], []
+    for w in targets:
+        _, r, *_, info = env.step_weights(w)
+        rewards.append(r)
+        costs.append(info["cost"])
+    sim = simulate(flat, flat, targets, days, settings().costs)
+    np.testing.assert_allclose(costs, sim.costs, rtol=1e-12, atol=1e-18)
+    growth = np.log(sim.equity[np.append(days[1:], t_days - 1)] / sim.equity[days])
+    np.testing.assert_allclose(rewards, growth, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(rewards[0], np.log(1 - settings().costs.rate * 1.0), rtol=1e-12)
+    assert abs(rewards[2]) < 1e-15  # no trade, no cost
+
+
+def test_no_trade_band_keeps_small_moves_and_trades_large_ones_in_full() -> None:
+    current = np.array([0.30, 0.20, 0.10, 0.00, 0.40])
+    target = np.array([0.31, 0.05, 0.14, 0.00, 0.50])
+    out = apply_no_trade_band(target, current, 0.02)
+    np.testing.assert_allclose(out, [0.30, 0.05, 0.14, 0.00, 0.51])  # asset 0 within the band, cash the rest
+    # Risk-off: every asset beyond the band is sold in full.
+    np.testing.assert_allclose(apply_no_trade_band(np.array([0, 0, 0, 0, 1.0]), current, 0.05), [0, 0, 0, 0, 1])
+    # The freed cash is kept in an asset within the band: the buy is scaled down, cash is 0.
+    out = apply_no_trade_band(np.array([0.29, 0.71, 0.0]), np.array([0.30, 0.0, 0.70]), 0.02)
+    np.testing.assert_allclose(out, [0.30, 0.70, 0.0])
+    assert apply_no_trade_band(target, current, 0.0) is target
+    # A fully invested book whose drifted weights sum to a hair above 1 (float dust), no buy.
+    dusty = np.array([0.1, 0.2, 0.3, 0.4 + 3e-16, 0.0])
+    out = apply_no_trade_band(np.array([0.1, 0.2, 0.3, 0.3, 0.1]), dusty, 0.2)
+    assert out.sum() == pytest.approx(1.0, abs=1e-15) and (out >= 0).all()
+
+
+def test_the_book_moves_the_rebalance_rate_of_the_way_to_the_banded_target() -> None:
+    env = _env("2021-01-01", "2021-12-31", episode_weeks=None, random_start=False, no_trade_band=0.05, rebalance_rate=0.25)
+    env.reset()
+    n = env.n_assets
+    ew = np.append(np.full(n, 1.0 / n), 0.0)
+    _, _, _, _, info = env.step_weights(env.trade_weights(ew))  # from cash: a quarter of the way
+    np.testing.assert_allclose(info["target"], np.append(np.full(n, 0.25 / n), 0.75), atol=1e-15)
+    # Next: assets within 5 points of equal weight keep their weight; the move is a quarter of the rest.
+    current = env.current_weights()
+    target = ew.copy()
+    target[0], target[1], target[n] = 0.5, 0.0, 0.0
+    target[2:n] = (1 - 0.5) / (n - 2)
+    expected = current + 0.25 * (apply_no_trade_band(target, current, 0.05) - current)
+    np.testing.assert_allclose(env.trade_weights(target), expected, atol=1e-15)
+    assert env.trade_weights(target)[1] == current[1]  # 1/13 * 0.25 away from 0: inside the band
+    with pytest.raises(ValueError, match="rebalance_rate"):
+        _env(rebalance_rate=0.0)
+
+
+def test_the_band_and_the_rate_lower_turnover_and_stay_inside_the_simplex() -> None:
+    p = _prices()
+    rng = np.random.default_rng(4)
+    turnover = {}
+    for band, rate in ((0.0, 1.0), (0.03, 1.0), (0.0, 0.33)):
+        env = _env("2021-01-01", "2022-12-31", episode_weeks=None, random_start=False, no_trade_band=band,
+                   rebalance_rate=rate)
+        env.reset()
+        base = np.concatenate([np.ones(env.n_assets), [-1.0]])
+        total, done, k = 0.0, False, 0
+        while not done:
+            jitter = rng.normal(0, 0.02, size=env.n_assets + 1)  # a noisy equal-weight policy
+            _, _, terminated, truncated, info = env.step(base + jitter)
+            validate_weights(info["target"], p.open[env.decision_days[k] + 1])
+            total += info["turnover"]
+            done, k = terminated or truncated, k + 1
+        turnover[band, rate] = total
+    assert turnover[0.03, 1.0] < 0.5 * turnover[0.0, 1.0]
+    assert turnover[0.0, 0.33] < 0.5 * turnover[0.0, 1.0]

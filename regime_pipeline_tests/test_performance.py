@@ -65,6 +65,15 @@ def test_summary_keys_and_turnover() -> None:
     assert s["mean_turnover"] == 0.75
     assert s["annual_turnover"] == pytest.approx(1.5 * 365 / 5)
     assert s["sharpe"] == perf.sharpe(R)
+    assert s["sortino_mean_negative"] is False
+
+
+def test_sortino_is_flagged_where_the_mean_is_negative_because_it_misranks_losers() -> None:
+    # Two losers with the same mean: the one with the deeper losses has the better Sortino.
+    calm, wild = [-0.02, 0.01] * 50, [-0.06, 0.05] * 50
+    assert perf.sortino(wild) > perf.sortino(calm)
+    assert perf.total_return(wild) < perf.total_return(calm) and perf.max_drawdown(wild) < perf.max_drawdown(calm)
+    assert perf.summary(wild)["sortino_mean_negative"] and perf.summary(calm)["sortino_mean_negative"]
 
 
 def _btc_returns() -> np.ndarray:

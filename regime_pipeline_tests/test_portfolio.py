@@ -33,6 +33,29 @@ def test_known_path_without_costs() -> None:
     np.testing.assert_allclose(res.costs, [0.0, 0.0])
 
 
+def test_a_book_can_start_from_the_weights_it_holds() -> None:
+    # Start: 0.6 of A, 0.2 of B, 0.2 cash at day 0's close (value 1.0): 0.06 A, 0.01 B.
+    initial = np.array([0.6, 0.2, 0.2])
+    res = simulate(OPEN, CLOSE, TARGETS, DECISIONS, 0.001, initial=initial)
+    # day 1 open: 0.06*10 + 0.01*20 + 0.2 = 1.0 (held through the night at unchanged opens);
+    # drifted (0.6, 0.2) -> target (0.5, 0.5): turnover 0.1 + 0.3 = 0.4, cost 0.0004.
+    np.testing.assert_allclose(res.turnover[0], 0.4)
+    np.testing.assert_allclose(res.costs[0], 0.0004)
+    np.testing.assert_allclose(res.equity[:2], [1.0, 1.05 * 0.9996])
+    np.testing.assert_allclose(res.weights[0], initial)
+    # The overnight gap before the first trade is earned by the held weights, not by cash.
+    gap_open = OPEN.copy()
+    gap_open[1] = [12.0, 20.0]  # A opens 20% up: 0.06*12 + 0.2 + 0.2 = 1.12 before the trade
+    gapped = simulate(gap_open, CLOSE, TARGETS, DECISIONS, 0.0, initial=initial)
+    cash_start = simulate(gap_open, CLOSE, TARGETS, DECISIONS, 0.0)
+    assert gapped.equity_open[1] == pytest.approx(1.12) and cash_start.equity_open[1] == pytest.approx(1.0)
+    # All cash as the initial weights is the default run, bit for bit.
+    np.testing.assert_array_equal(simulate(OPEN, CLOSE, TARGETS, DECISIONS, 0.001, initial=[0, 0, 1]).equity,
+                                  simulate(OPEN, CLOSE, TARGETS, DECISIONS, 0.001).equity)
+    with pytest.raises(ValueError, match="the start"):
+        simulate(OPEN, CLOSE, TARGETS, DECISIONS, 0.001, initial=[0.7, 0.7, 0.0])
+
+
 def test_costs_charged_as_documented() -> None:
     costs = Costs(fee_bps=7, slippage_bps=3)  # 10 bps per unit of turnover
     assert costs.rate == pytest.approx(0.001)
@@ -127,3 +150,32 @@ def test_bad_decision_days_refused() -> None:
         simulate(OPEN, CLOSE, TARGETS, [0, 3], 0.0)  # a decision on the last day cannot trade
     with pytest.raises(ValueError, match="decision days"):
         simulate(OPEN, CLOSE, TARGETS, [2, 2], 0.0)
+
+
+def test_the_vectorised_trades_equal_trade_by_trade_with_data_that_end_and_a_start_book() -> None:
+    """simulate's array path (no trade on a close-only day of a held asset) gives the holdings,
+    values, turnover and costs of portfolio.trade applied one rebalance after the other, with an
+    asset sold at its last close, one listed late, and a book that starts invested."""
+    from regime_pipeline.core.allocation import exits, portfolio
+
+    rng = np.random.default_rng(3)
+    t_days, n = 130, 4
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.03, (t_days, n)), axis=0))
+    open_ = close * np.exp(rng.normal(0.0, 0.01, (t_days, n)))
+    close[70:, 1] = open_[70:, 1] = np.nan  # its data end at the close of day 69
+    close[:12, 2] = open_[:12, 2] = np.nan  # listed on day 12
+    days = np.arange(0, t_days - 1, 7)
+    rate = 0.0015
+    mark = exits.marks(open_, close, rate, 0.05)
+    targets = rng.dirichlet(np.ones(n + 1), size=days.size)
+    targets[:, :n] *= mark.tradable[days + 1]
+    targets /= targets.sum(axis=1, keepdims=True)
+    start = np.array([0.3, 0.2, 0.0, 0.1, 0.4])
+    start_units = start[:n] / np.where(np.isnan(close[0]), 1.0, close[0])  # as simulate values the start
+    vectorised = portfolio._trades_vectorised(start_units, start[n], targets, days + 1, mark, rate)
+    sequential = portfolio._trades_sequential(start_units, start[n], targets, days + 1, mark, rate)
+    for a, b in zip(vectorised, sequential):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert sequential[3][days + 1 == 71].size == 1  # a trade after the sale: the sold units are cash there
+    result = simulate(open_, close, targets, days, rate, haircut=0.05, initial=start)
+    np.testing.assert_allclose(result.turnover, sequential[3], rtol=1e-12)

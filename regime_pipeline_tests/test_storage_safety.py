@@ -21,7 +21,7 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRunStatus, make_new_run_id
 
 from regime_pipeline.assets.bars import daily_bars, minute_bars
-from regime_pipeline.configs import PROJECT_ROOT, run_settings, universe
+from regime_pipeline.configs import run_settings, universe
 from regime_pipeline.core.data.lake import MinuteLake
 from regime_pipeline.core.data.sources.embedded import EmbeddedSource
 from regime_pipeline.core.errors import DataError

@@ -20,6 +20,7 @@ from regime_pipeline.core.allocation.strategies import settings
 from regime_pipeline.core.allocation.survivorship import UniverseRun, comparison_table, paired_block_interval
 from regime_pipeline.core.trading.ledger import Ledger
 from regime_pipeline.definitions import all_assets
+from regime_pipeline.partitions import POLICY_ORIGIN_NAMES
 from regime_pipeline.resources import build_resources
 from regime_pipeline_tests.conftest import (
     check_results, embedded_daily_bars, embedded_daily_closes, embedded_universe, synthetic_probabilities, universe_mode,
@@ -89,14 +90,19 @@ def test_the_2025_weekly_rebalance_trades_the_members_of_each_sunday(point_in_ti
     (data_dir / "models").mkdir(parents=True)
     database = str(data_dir / "warehouse.duckdb")
     write_table(database, "daily_bars", bars)
-    write_table(database, "regime_probabilities", probabilities)
+    # The walk-forward's out-of-sample probabilities the deployed policy observes (origin = the day's year).
+    walked = probabilities.loc[pd.to_datetime(probabilities["date"]).dt.year >= 2020]
+    write_table(database, "walk_forward_probabilities",
+                walked.assign(origin=pd.to_datetime(walked["date"]).dt.year.astype(str), target="forward"))
     write_table(database, "universe", rows)
     write_table(database, "daily_closes", embedded_daily_closes())
     dim = allocation.make_env(data, D(2025, 1, 1), D(2025, 2, 1)).observation_space.shape[0]
     # A zero action head: equal actions, so equal weights over the members of the decision and cash.
     layers = ((np.zeros((16, dim)), np.zeros(16)), (np.zeros((14, 16)), np.zeros(14)))
     policy = AllocationPolicy(layers, np.zeros(dim), np.ones(dim), 10.0, 1e-8)
-    (data_dir / "models" / "ppo_policy.json").write_text(json.dumps({"policy": policy.to_dict()}))
+    deployed = data_dir / "models" / "walk_forward_policy" / f"{POLICY_ORIGIN_NAMES[-1]}.json"
+    deployed.parent.mkdir(parents=True)
+    deployed.write_text(json.dumps({"policy": policy.to_dict(), "profile": "light", "origin": int(POLICY_ORIGIN_NAMES[-1])}))
     # EOS joins the members on 2025-04-06 and leaves on 2025-05-18, before its delisting (05-24).
     result = dg.materialize(
         all_assets, selection=["weekly_rebalance"], resources=build_resources(str(data_dir)), instance=instance,

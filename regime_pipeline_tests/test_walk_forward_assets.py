@@ -2,7 +2,8 @@
 
 Bars and the trend and cross features of the whole history are written to the warehouse
 (what the earlier stages leave there); the per-origin models, the out-of-sample probabilities
-and a report are materialized in-process.
+and a report are materialized in-process, then the first walk-forward allocation policy (origin
+2022, `fast` PPO profile) on those probabilities.
 """
 
 from __future__ import annotations
@@ -114,3 +115,52 @@ def test_the_report_ladders_every_detector_and_target_against_its_baselines(walk
     assert any(key.startswith("confusion_vol_forward_detector") for key in meta)
     report = json.loads((data_dir / "reports" / "walk_forward_2021.json").read_text())
     assert {r["detector"] for r in report["summary"]} == {f"{k}_detector" for k in wf.KINDS}
+
+
+@pytest.fixture(scope="module")
+def first_policy(walked):
+    """`walk_forward_policy[2022]` (fast profile) on the two origins' real probabilities: the first
+    policy origin, trained on 2020 and selected on 2021. The seeds' training jobs are recorded."""
+    from regime_pipeline.core.allocation import ppo
+
+    data_dir, _ = walked
+    jobs: list[ppo.TrainingJob] = []
+    train_seeds = ppo.train_seeds
+
+    def recording(job_list, workers, log=None):
+        jobs.extend(job_list)
+        return train_seeds(job_list, workers, log)
+
+    with pytest.MonkeyPatch.context() as patch, dg.instance_for_test() as instance:
+        patch.setattr(ppo, "train_seeds", recording)
+        result = dg.materialize(all_assets, selection=["walk_forward_policy"], partition_key="2022",
+                                resources=build_resources(str(data_dir), MarketData(source="embedded")), instance=instance,
+                                run_config={"ops": {"walk_forward_policy": {"config": {"profile": "fast"}}}})
+    assert result.success
+    return data_dir, jobs
+
+
+def test_a_walk_forward_policy_trains_on_no_day_of_its_selection_or_origin_year(first_policy):
+    from regime_pipeline.core.allocation import walk_forward as allocation_walk_forward
+    from regime_pipeline.core.allocation.policy import allocation_data
+
+    data_dir, jobs = first_policy
+    assert len(jobs) == 2
+    probs = read_table(str(data_dir / "warehouse.duckdb"), "walk_forward_probabilities")
+    forward = allocation_walk_forward.stitch(probs, target="forward", before=2021)
+    expected = allocation_data(embedded_daily_bars(), forward)
+    for job in jobs:
+        # Its data end on the last day of 2020: no price, return or probability of 2021 (its
+        # selection year) or 2022 (its origin year) can reach the training.
+        dates = job.train_data.prices.dates
+        assert dates[-1] == dt.date(2020, 12, 31) and job.train[1] == dt.date(2020, 12, 31)
+        observed = np.isfinite(job.train_data.probs).any(axis=1)
+        assert dates[observed].min() >= dt.date(2020, 1, 1)  # origin 2020's out-of-sample probabilities only
+        # What it observes is the stored forward-target probabilities of origin 2020, unchanged.
+        np.testing.assert_array_equal(job.train_data.probs, expected.probs[: expected.index(dt.date(2020, 12, 31)) + 1])
+        assert job.train_data.prob_columns == expected.prob_columns
+        # The selection scorer sees 2021 and nothing of 2022.
+        assert job.val == (dt.date(2021, 1, 1), dt.date(2021, 12, 31))
+        assert job.val_data.prices.dates[-1] == dt.date(2021, 12, 31)
+    artifact = json.loads((data_dir / "models" / "walk_forward_policy" / "2022.json").read_text())
+    assert artifact["target"] == "forward" and artifact["windows"]["score"] == ["2022-01-01", "2022-12-31"]

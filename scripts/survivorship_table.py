@@ -46,7 +46,12 @@ def load_run(name: str, mode: str, data_dir: Path) -> UniverseRun:
     data = allocation.allocation_data(tables["daily_bars"], tables["regime_probabilities"], tables["daily_closes"],
                                       tables["universe"])
     artifact = json.loads((data_dir / "models" / "ppo_policy.json").read_text())
-    policies = {s: AllocationPolicy.from_dict(v["policy"]) for s, v in artifact["seeds"].items()}
+    if all("policy" in v for v in artifact["seeds"].values()):  # an artifact of single deployed seeds
+        policies = {s: AllocationPolicy.from_dict(v["policy"]) for s, v in artifact["seeds"].items()}
+    else:  # an ensemble artifact: its members in the order of its seeds
+        deployed = allocation.load_policy(artifact["policy"])
+        members = deployed.members if isinstance(deployed, allocation.EnsemblePolicy) else (deployed,)
+        policies = dict(zip(artifact["seeds"], members))
     return UniverseRun(name, data, tables["vol_forecasts"], policies)
 
 

@@ -1,37 +1,35 @@
-"""Stage 4, allocation: the PPO policy trained on the detectors' probabilities, and per-split
-backtests of it against the four benchmarks on the same accounting and costs."""
+"""Stage 4, allocation: the PPO policy trained on the detectors' probabilities (an ensemble of
+seeds), and per-split backtests of it against the benchmarks and the regime rules on the same
+accounting and costs, every difference to equal weight and BTC with a bootstrap interval."""
 
 import datetime as dt
-import io
 import json
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from regime_pipeline.configs import splits, universe as universe_config
+from regime_pipeline.core.allocation import comparison, ppo, rules
 from regime_pipeline.core.allocation import policy as allocation
-from regime_pipeline.core.allocation import performance
-from regime_pipeline.core.allocation import ppo
-from regime_pipeline.core.allocation.policy import AllocationData, AllocationPolicy
-from regime_pipeline.core.plots import figure_to_markdown, plot_equity_curves, plot_validation_curves
+from regime_pipeline.core.allocation.policy import AllocationData
 from regime_pipeline.core.allocation.strategies import backtest_benchmarks
+from regime_pipeline.core.plots import figure_to_markdown, plot_equity_curves, plot_learning_curves
 from regime_pipeline.partitions import SPLIT
 from regime_pipeline.resources.artifacts import write_atomic
+from regime_pipeline.resources.deployment import step_tags
 from regime_pipeline.resources.storage import ProjectStorage
 
 GROUP = "allocation"
 ALL = dg.AllPartitionMapping()
-METRICS = ["total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "annual_turnover"]
 
 
 class PolicyConfig(dg.Config):
     profile: str = "default"
-    """Training profile in configs/ppo.yaml (`default`, or `fast` for a quick check)."""
+    """Training profile in configs/ppo.yaml (`default`; `full` trains longer; `fast` for a quick check)."""
 
 
-def _md(frame: pd.DataFrame) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.to_markdown(index=False, floatfmt=".4f"))
+def md_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.to_markdown(index=False, floatfmt=floatfmt) if len(frame) else "(none)")
 
 
 def _inputs(
@@ -49,106 +47,151 @@ MARKET_INS = {"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabili
               "daily_closes": dg.AssetIn(), "universe": dg.AssetIn(partition_mapping=ALL)}
 
 
+def train_ensemble(
+    context: dg.AssetExecutionContext, storage: ProjectStorage, data: AllocationData,
+    train: tuple[dt.date, dt.date], val: tuple[dt.date, dt.date], profile: str, folder: str,
+) -> tuple[dict, dict]:
+    """Train every seed of `profile` (in parallel) on `train`, each early-stopped on `val`, and
+    deploy them as one ensemble; save each seed's SB3 model under ``models/<folder>/``.
+
+    :returns: the JSON artifact (the ensemble, every seed's curves and kept step, the settings)
+        and the asset's metadata (learning curves plot, per-seed table, the ensemble's val score
+        beside the seeds' mean ± sd).
+    """
+    config = ppo.settings(profile)
+    context.log.info(f"{folder}: {len(config.seeds)} seeds on {config.workers} worker(s), train {train[0]}..{train[1]}, "
+                     f"select on {val[0]}..{val[1]} ({config.val_score}), up to {config.total_timesteps:,} steps each, "
+                     f"no checkpoint before {config.min_steps:,}")
+    jobs = ppo.training_jobs(data, train, val, config)
+    began = dt.datetime.now()
+    runs = ppo.train_seeds(jobs, config.workers, log=context.log)
+    wall = (dt.datetime.now() - began).total_seconds()
+    deployed = ppo.ensemble(runs)
+
+    seeds, rows = {}, []
+    for run in runs:
+        path = storage.models_dir / folder / f"seed_{run.seed}.zip"
+        sha = write_atomic(path, run.sb3_zip)
+        summary = allocation.backtest_policy(run.policy, data, *val).summary()
+        rows.append({"seed": run.seed, "kept_step": run.best.step, "steps_run": run.steps_run,
+                     "stopped_early": run.stopped_early, "seconds": round(run.seconds, 1),
+                     "val_score": run.best.score, "val_smoothed": run.best.smoothed,
+                     **{f"val_{k}": summary[k] for k in ("total_return", "sharpe", "max_drawdown", "annual_turnover")}})
+        seeds[str(run.seed)] = {
+            "kept_step": run.best.step, "val_score": run.best.score, "val_smoothed": run.best.smoothed,
+            "steps_run": run.steps_run, "stopped_early": run.stopped_early,
+            "history": [[e.step, e.score, e.smoothed, e.eligible] for e in run.history],
+            "train_curve": [list(p) for p in run.train_curve],
+            "sb3_model": {"path": str(path), "sha256": sha},
+        }
+    table = pd.DataFrame(rows)
+    ensemble_val = allocation.backtest_policy(deployed, data, *val).summary()
+    ensemble_score = ppo.validation_score(deployed, data, *val, config.val_score)
+    score_mean, score_sd = allocation.mean_sd(table["val_score"])
+    return_mean, return_sd = allocation.mean_sd(table["val_total_return"])
+    fig = plot_learning_curves(
+        {f"seed {r.seed}": r.train_curve for r in runs},
+        {f"seed {r.seed}": [(e.step, e.score, e.smoothed) for e in r.history] for r in runs},
+        {f"seed {r.seed}": r.best.step for r in runs}, config.min_steps, config.val_score,
+        f"{folder}: {len(runs)} seeds, train {train[0]}..{train[1]}, selection {val[0]}..{val[1]}",
+    )
+    artifact = {
+        "deployed": "ensemble",
+        "policy": deployed.to_dict(),
+        "seeds": seeds,
+        "observation": {"prob_columns": list(data.prob_columns), "symbols": list(data.prices.symbols),
+                        "slots": int(allocation.make_env(data, *train).n_slots), "universe": universe_config().mode},
+        "settings": config.as_dict(),
+        "profile": profile,
+        "train": list(train),
+        "val": list(val),
+        "training": {"seconds": round(float(table["seconds"].sum()), 1), "wall_seconds": round(wall, 1),
+                     "workers": config.workers},
+    }
+    metadata = {
+        "deployed": f"ensemble of {len(runs)} seeds: the mean of their target weights",
+        "val_score_ensemble": float(ensemble_score),
+        "val_score_seeds": f"{score_mean:.5f} ± {score_sd:.5f} (n={len(runs)}, {config.val_score})",
+        "val_total_return_ensemble": float(ensemble_val["total_return"]),
+        "val_total_return_seeds": f"{return_mean:.2%} ± {return_sd:.2%}",
+        "val_annual_turnover_ensemble": float(ensemble_val["annual_turnover"]),
+        "seeds": md_table(table),
+        "learning_curves": dg.MetadataValue.md(figure_to_markdown(fig, "learning curves")),
+        "training_seconds": round(float(table["seconds"].sum()), 1),
+        "wall_seconds": round(wall, 1),
+        "sb3_models": dg.MetadataValue.path(str(storage.models_dir / folder)),
+        "profile": profile,
+    }
+    return artifact, metadata
+
+
 @dg.asset(
     group_name=GROUP,
     io_manager_key="model_io_manager",
     ins=MARKET_INS,
     kinds={"pytorch"},
+    op_tags=step_tags("ppo_policy"),
 )
 def ppo_policy(
     context: dg.AssetExecutionContext, config: PolicyConfig, storage: ProjectStorage,
     daily_bars: pd.DataFrame, regime_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
 ) -> dg.Output[dict]:
     """The weekly allocation policy: SB3 PPO on the detectors' regime probabilities plus the
-    portfolio's state, trained on `train` episodes from random starts, evaluated on the whole
-    `val` year (Sortino of daily net returns) and early-stopped there, best evaluation kept;
-    one policy per seed, the best val seed deployed, every seed reported."""
-    settings = ppo.settings(config.profile)
+    portfolio's state, one policy per seed trained on `train` episodes from random starts,
+    each early-stopped on a smoothed `val` curve after a minimum number of updates; deployed as
+    the ensemble of all seeds (the mean of their target weights), decided before any score."""
     train, val = splits()["train"], splits()["val"]
     data = _inputs(daily_bars, regime_probabilities, daily_closes, universe)
+    artifact, metadata = train_ensemble(context, storage, data, (train.start, train.end), (val.start, val.end),
+                                        config.profile, "ppo_policy")
+    return dg.Output(artifact, metadata=metadata)
 
-    def make_train_env():
-        return allocation.make_env(
-            data, train.start, train.end, episode_weeks=settings.episode_weeks, random_start=True,
-            action_scale=settings.action_scale,
-        )
 
-    def val_sortino(policy: AllocationPolicy) -> float:
-        return performance.sortino(allocation.backtest_policy(policy, data, val.start, val.end).period_returns)
+def comparison_results(
+    data: AllocationData, artifact: dict, strategies: dict, start: dt.date, end: dt.date,
+) -> dict[str, comparison.Series]:
+    """Every strategy's run over ``start..end``: the artifact's deployed ensemble, each of its
+    seeds, and `strategies` (benchmarks and rules)."""
+    deployed = allocation.load_policy(artifact["policy"])
+    members = deployed.members if isinstance(deployed, allocation.EnsemblePolicy) else (deployed,)
+    seeds = dict(zip((int(s) for s in artifact["seeds"]), members))
+    results = comparison.run_strategies(data, start, end, deployed, seeds, strategies)
+    return results
 
-    runs = []
-    for seed in settings.seeds:
-        context.log.info(f"ppo_policy: seed {seed}, up to {settings.total_timesteps:,} steps, "
-                         f"val every {settings.eval_every:,} (patience {settings.patience})")
-        run = ppo.train_policy(make_train_env, val_sortino, settings, seed, log=context.log)
-        context.log.info(f"ppo_policy: seed {seed} kept step {run.best.step:,} (val Sortino {run.best.score:+.4f}) "
-                         f"after {run.steps_run:,} steps in {run.seconds:.0f}s")
-        runs.append(run)
-    chosen = max(runs, key=lambda r: r.best.score)
 
-    # The SB3 model of the deployed seed, for inspection or further training; the observation
-    # statistics it needs are the JSON artifact's `obs_mean`/`obs_var`.
-    buffer = io.BytesIO()
-    chosen.model.save(buffer)
-    zip_path = storage.models_dir / "ppo_policy.zip"
-    zip_sha = write_atomic(zip_path, buffer.getvalue())
-
-    per_seed = []
-    for run in runs:
-        summary = allocation.backtest_policy(run.policy, data, val.start, val.end).summary()
-        per_seed.append({"seed": run.seed, "kept_step": run.best.step, "steps_run": run.steps_run,
-                         "stopped_early": run.stopped_early, "seconds": round(run.seconds, 1),
-                         **{f"val_{k}": summary[k] for k in ("sortino", "sharpe", "total_return", "max_drawdown")}})
-    table = pd.DataFrame(per_seed)
-    sortino_mean, sortino_sd = allocation.mean_sd(table["val_sortino"])
-    return_mean, return_sd = allocation.mean_sd(table["val_total_return"])
-    curves = {f"seed {r.seed}": [(e.step, e.score) for e in r.history] for r in runs}
-    fig = plot_validation_curves(curves, f"seed {chosen.seed}", chosen.best.step)
-    artifact = {
-        "chosen_seed": chosen.seed,
-        "policy": chosen.policy.to_dict(),
-        "seeds": {str(r.seed): {"policy": r.policy.to_dict(), "kept_step": r.best.step, "val_sortino": r.best.score,
-                                "history": [[e.step, e.score] for e in r.history]} for r in runs},
-        "observation": {"prob_columns": list(data.prob_columns), "symbols": list(data.prices.symbols),
-                        "slots": int(make_train_env().n_slots), "universe": universe_config().mode},
-        "settings": settings.as_dict(),
-        "profile": config.profile,
-        "train": [train.start, train.end],
-        "val": [val.start, val.end],
-        "sb3_model": {"path": str(zip_path), "sha256": zip_sha},
+def describe_comparison(
+    results: dict, title: str, storage: ProjectStorage, report_name: str, note: str,
+) -> tuple[pd.DataFrame, dict]:
+    """The comparison table of `results`, its report file and metadata (table, seeds, equity plot)."""
+    series = {name: comparison.Series.of(r) for name, r in results.items()}
+    table = comparison.table(series)
+    seeds = comparison.seed_table(series)
+    shown = {n: (r.dates, r.equity) for n, r in results.items() if not n.startswith(comparison.SEED_PREFIX)}
+    fig = plot_equity_curves(shown, f"{title}, net of costs")
+    readable = comparison.formatted(table)
+    report = storage.reports_dir / f"{report_name}.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(f"# {title}\n\n{note}\n\n" + readable.to_markdown(index=False) + "\n\n"
+                      + "Single seeds:\n\n" + comparison.formatted(seeds).to_markdown(index=False) + "\n")
+    (storage.reports_dir / f"{report_name}.json").write_text(json.dumps(table.to_dict(orient="records"), indent=1, default=float))
+    metadata = {
+        "results": dg.MetadataValue.md(readable.to_markdown(index=False)),
+        "seeds": dg.MetadataValue.md(comparison.formatted(seeds).to_markdown(index=False)),
+        "equity": dg.MetadataValue.md(figure_to_markdown(fig, f"equity {title}")),
+        "report": dg.MetadataValue.path(str(report)),
+        "variants_tried": comparison.variants_tried(),
+        "note": note,
     }
-    return dg.Output(artifact, metadata={
-        "chosen_seed": chosen.seed,
-        "chosen_step": chosen.best.step,
-        "val_sortino": chosen.best.score,
-        "val_sortino_seeds": f"{sortino_mean:.4f} ± {sortino_sd:.4f} (n={len(runs)})",
-        "val_total_return_seeds": f"{return_mean:.2%} ± {return_sd:.2%}",
-        "seeds": _md(table),
-        "val_sortino_by_step": dg.MetadataValue.md(figure_to_markdown(fig, "val Sortino by step")),
-        "sb3_model": dg.MetadataValue.path(str(zip_path)),
-        "sb3_model_sha256": zip_sha,
-        "profile": config.profile,
-    })
+    return table, metadata
 
 
-def backtest_table(
-    data: AllocationData, artifact: dict, vol_forecasts: pd.DataFrame, start: dt.date, end: dt.date,
-) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Metrics of the deployed PPO seed, the mean and sd over all seeds, and the benchmarks
-    (inverse volatility on both trailing and forecast volatility) on ``start..end``; and their
-    equity curves."""
-    benchmarks = backtest_benchmarks(data.prices, vol_forecasts)
-    seeds = {f"seed {s}": AllocationPolicy.from_dict(v["policy"]) for s, v in artifact["seeds"].items()}
-    results = allocation.compare(data, seeds, start, end, benchmarks)
-    per_seed = {name: results.pop(name) for name in seeds}
-    results = {"ppo": per_seed[f"seed {artifact['chosen_seed']}"], **results}
-    summaries = [r.summary() for r in per_seed.values()]
-    stats = {k: allocation.mean_sd([s[k] for s in summaries]) for k in METRICS}
-    rows = [{"strategy": name, **{k: r.summary()[k] for k in METRICS}} for name, r in results.items()]
-    rows.insert(1, {"strategy": f"ppo_seeds_mean (n={len(summaries)})", **{k: m for k, (m, _) in stats.items()}})
-    rows.insert(2, {"strategy": "ppo_seeds_sd", **{k: sd for k, (_, sd) in stats.items()}})
-    curves = {name: (r.dates, r.equity) for name, r in results.items()}
-    return pd.DataFrame(rows), curves
+def comparison_note(n_strategies: int) -> str:
+    return (f"Net of 10 bps fee + 5 bps slippage per side; weekly rebalances decided at Sunday's close. "
+            f"ΔSharpe: strategy minus equal weight (EW) or BTC buy-and-hold; ΔCAGR: (1 + CAGR) / (1 + CAGR of "
+            f"the reference) - 1, how much faster it compounded per year; 95% stationary-bootstrap intervals "
+            f"(configs/allocation.yaml). † Sortino with a negative mean return (it ranks losers by volatility). "
+            f"{n_strategies} strategies in this table; {comparison.variants_tried()} variants tried on these data "
+            f"(configs/allocation.yaml variants_tried).")
 
 
 @dg.asset(
@@ -163,33 +206,33 @@ def allocation_backtest(
     regime_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
     vol_forecasts: pd.DataFrame, ppo_policy: dict,
 ) -> dg.Output[pd.DataFrame]:
-    """PPO (the deployed seed, and the mean ± sd over seeds) against BTC buy-and-hold, equal
-    weight, inverse volatility (on trailing and on forecast volatility) and momentum + inverse
-    vol on the split: weekly rebalances,
-    decisions at Sunday's close traded at Monday's open, 10 bps fee + 5 bps slippage per side,
-    metrics on daily net returns over 365 days a year."""
+    """The PPO ensemble (and the mean ± sd of its seeds alone) against BTC buy-and-hold, equal
+    weight, inverse volatility (on trailing and on forecast volatility), momentum + inverse vol
+    and the regime rules (calibrated on `train`) on the split: weekly rebalances, decisions at
+    Sunday's close traded at Monday's open, 10 bps fee + 5 bps slippage per side, metrics on
+    daily net returns over 365 days a year, differences to equal weight and BTC with bootstrap
+    intervals."""
     split = splits()[context.partition_key]
+    train = splits()["train"]
     data = _inputs(daily_bars, regime_probabilities, daily_closes, universe)
-    table, curves = backtest_table(data, ppo_policy, vol_forecasts, split.start, split.end)
+    strategies = backtest_benchmarks(data.prices, vol_forecasts)
+    calibration = rules.calibrate(data, train.start, train.end)
+    strategies.update(rules.rule_strategies(data, calibration))
+    results = comparison_results(data, ppo_policy, strategies, split.start, split.end)
+    n_shown = len([n for n in results if not n.startswith(comparison.SEED_PREFIX)])
+    table, metadata = describe_comparison(
+        results, f"Allocation backtest, {split.name} ({split.start}..{split.end})", storage,
+        f"allocation_{split.name}", comparison_note(n_shown),
+    )
     table.insert(0, "split", split.name)
-    fig = plot_equity_curves(curves, f"{split.name} {split.start}..{split.end}, net of costs")
-    report = storage.reports_dir / f"allocation_{split.name}.md"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(
-        f"# Allocation backtest, {split.name} ({split.start}..{split.end})\n\n"
-        f"PPO seed {ppo_policy['chosen_seed']} (chosen on val), profile {ppo_policy['profile']}.\n\n"
-        + table.drop(columns="split").to_markdown(index=False, floatfmt=".4f") + "\n"
-    )
-    (storage.reports_dir / f"allocation_{split.name}.json").write_text(
-        json.dumps(table.to_dict(orient="records"), indent=1, default=float)
-    )
-    ppo_row = table.iloc[0]
-    context.log.info(f"allocation_backtest[{split.name}]: ppo total {ppo_row['total_return']:+.2%}, "
-                     f"Sortino {ppo_row['sortino']:.3f}")
-    return dg.Output(table, metadata={
-        "results": _md(table.drop(columns="split")),
-        "equity": dg.MetadataValue.md(figure_to_markdown(fig, f"equity {split.name}")),
-        "report": dg.MetadataValue.path(str(report)),
-        "ppo_sortino": float(ppo_row["sortino"]),
-        "ppo_total_return": float(ppo_row["total_return"]),
+    ensemble = table.loc[table["strategy"] == comparison.ENSEMBLE].iloc[0]
+    context.log.info(f"allocation_backtest[{split.name}]: ppo ensemble total {ensemble['total_return']:+.2%}, "
+                     f"Sharpe {ensemble['sharpe']:.3f} ({ensemble['sharpe_vs_ew']:+.2f} vs EW "
+                     f"[{ensemble['sharpe_vs_ew_low']:+.2f}, {ensemble['sharpe_vs_ew_high']:+.2f}])")
+    metadata.update({
+        "rule_calibration": dg.MetadataValue.json(calibration.as_dict()),
+        "ppo_sharpe": float(ensemble["sharpe"]),
+        "ppo_total_return": float(ensemble["total_return"]),
+        "ppo_annual_turnover": float(ensemble["annual_turnover"]),
     })
+    return dg.Output(table, metadata=metadata)

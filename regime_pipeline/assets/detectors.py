@@ -14,6 +14,7 @@ from regime_pipeline.core.regimes import detectors
 from regime_pipeline.core.regimes.metrics import plot_confusion
 from regime_pipeline.core.plots import figure_to_markdown, plot_attention, plot_training
 from regime_pipeline.partitions import DAILY, SPLIT
+from regime_pipeline.resources.deployment import step_tags
 from regime_pipeline.resources.storage import ProjectStorage
 
 GROUP = "detectors"
@@ -62,6 +63,7 @@ def _train_sequence(context, config: DetectorConfig, storage: ProjectStorage, ki
     group_name=GROUP,
     ins={"vol_features": dg.AssetIn(partition_mapping=ALL), "regime_labels": dg.AssetIn(partition_mapping=TRAIN_VAL)},
     kinds={"pytorch"},
+    op_tags=step_tags("vol_detector"),
 )
 def vol_detector(
     context: dg.AssetExecutionContext, config: DetectorConfig, storage: ProjectStorage,
@@ -77,6 +79,7 @@ def vol_detector(
     group_name=GROUP,
     ins={"trend_features": dg.AssetIn(partition_mapping=ALL), "regime_labels": dg.AssetIn(partition_mapping=TRAIN_VAL)},
     kinds={"pytorch"},
+    op_tags=step_tags("trend_detector"),
 )
 def trend_detector(
     context: dg.AssetExecutionContext, config: DetectorConfig, storage: ProjectStorage,
@@ -97,6 +100,7 @@ def trend_detector(
         "universe": dg.AssetIn(partition_mapping=ALL),
     },
     kinds={"pytorch"},
+    op_tags=step_tags("cross_detector"),
 )
 def cross_detector(
     context: dg.AssetExecutionContext, config: DetectorConfig, storage: ProjectStorage,

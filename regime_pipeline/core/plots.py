@@ -139,17 +139,43 @@ def plot_attention(by_lag: dict[str, list[float]]) -> plt.Figure:
     return fig
 
 
-def plot_validation_curves(curves: dict[str, list[tuple[int, float]]], chosen: str, chosen_step: int) -> plt.Figure:
-    """Val score by training step for each seed; the kept policy (seed and step) marked."""
-    fig, ax = plt.subplots(figsize=(9, 3.4), constrained_layout=True)
-    for name, points in curves.items():
-        steps, scores = zip(*points) if points else ((), ())
-        ax.plot(steps, scores, marker=".", lw=1.6 if name == chosen else 0.9, label=name)
-    best = dict(curves[chosen])[chosen_step]
-    ax.plot([chosen_step], [best], "k*", ms=12, label=f"kept: {chosen} at step {chosen_step:,}")
-    ax.set_xlabel("environment steps (weeks)")
-    ax.set_ylabel("val Sortino")
-    ax.legend(fontsize=8)
+def plot_learning_curves(
+    train: dict[str, list[tuple[int, float]]],
+    val: dict[str, list[tuple[int, float, float]]],
+    kept: dict[str, int],
+    min_steps: int,
+    score_name: str,
+    title: str,
+) -> plt.Figure:
+    """Learning curves of several seeds: the training reward per rollout (left) and the
+    selection score per evaluation (right: raw points, the smoothed curve as a line), with the
+    earliest step a checkpoint could be kept and each seed's kept checkpoint marked.
+
+    :param train: ``{seed: [(steps, mean reward per weekly step), ...]}``
+    :param val: ``{seed: [(steps, score, smoothed score), ...]}``
+    :param kept: ``{seed: steps of the kept checkpoint}``
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.6), constrained_layout=True)
+    colors = plt.get_cmap("tab10")
+    for i, name in enumerate(val):
+        color = colors(i % 10)
+        if train.get(name):
+            steps, reward = zip(*train[name])
+            left.plot(steps, reward, lw=0.8, color=color, label=name)
+        if val[name]:
+            steps, score, smooth = zip(*val[name])
+            right.plot(steps, score, ".", ms=3, color=color, alpha=0.5)
+            right.plot(steps, smooth, lw=1.2, color=color, label=name)
+            at = dict(zip(steps, smooth)).get(kept.get(name))
+            if at is not None:
+                right.plot([kept[name]], [at], "*", ms=10, color=color, markeredgecolor="k", markeredgewidth=0.5)
+    for ax in (left, right):
+        ax.axvline(min_steps, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("environment steps (weeks)")
+    left.set_ylabel("training reward per step (rollout mean)")
+    right.set_ylabel(f"selection {score_name} (line: smoothed; *: kept)")
+    right.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{title}; dashed: no checkpoint kept before", fontsize=10)
     return fig
 
 
@@ -200,4 +226,30 @@ def plot_membership(universe_rows: pd.DataFrame, title: str) -> plt.Figure:
     ticks = np.linspace(0, len(grid.columns) - 1, num=min(9, len(grid.columns))).astype(int)
     bottom.set_xticks(ticks, [f"{grid.columns[i]:%Y-%m-%d}" for i in ticks], fontsize=7)
     bottom.set_title("dark = member, light = trading but not a member, blank = no bar", fontsize=8)
+    return fig
+
+
+def plot_differences(frame: pd.DataFrame, metric: str, reference: str, title: str) -> plt.Figure:
+    """Each strategy's difference to `reference` per origin (and pooled) with its interval: one
+    panel per strategy, a point and a bar per origin, zero marked.
+
+    :param frame: rows ``origin, strategy, <metric>_vs_<reference>, ..._low, ..._high``
+    """
+    strategies = [s for s in dict.fromkeys(frame["strategy"]) if s in set(frame["strategy"])]
+    origins = list(dict.fromkeys(frame["origin"]))
+    fig, axes = plt.subplots(1, len(strategies), figsize=(2.0 * len(strategies) + 1, 3.2), sharey=True,
+                             constrained_layout=True, squeeze=False)
+    column = f"{metric}_vs_{reference}"
+    for ax, strategy in zip(axes[0], strategies):
+        rows = frame.loc[frame["strategy"] == strategy].set_index("origin").reindex(origins)
+        x = np.arange(len(origins))
+        est, low, high = rows[column].to_numpy(float), rows[f"{column}_low"].to_numpy(float), rows[f"{column}_high"].to_numpy(float)
+        colors = ["#c44e52" if h < 0 else "#55a868" if lo > 0 else "#4c72b0" for lo, h in zip(low, high)]
+        ax.vlines(x, low, high, colors=colors, lw=2)
+        ax.scatter(x, est, color=colors, zorder=3, s=14)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xticks(x, [str(o) for o in origins], rotation=60, fontsize=7)
+        ax.set_title(strategy, fontsize=7)
+    axes[0][0].set_ylabel(f"{metric} − {reference} (95% interval)")
+    fig.suptitle(title, fontsize=10)
     return fig

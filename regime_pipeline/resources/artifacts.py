@@ -1,4 +1,4 @@
-"""Model artifacts: files under ``data/models/``, each written atomically with its content hash.
+"""Model artifacts: files under ``data/models/`` (or an object-storage prefix), each written atomically with its content hash.
 
 The one place models are written and read. An artifact is a JSON document (parameters of
 GARCH or HMM models, feature lists) or a torch/SB3 file added by later stages; nothing is
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+
+from regime_pipeline.core.paths import AnyPath, write_bytes_atomic
 
 
 def sha256_file(path: Path) -> str:
@@ -25,36 +25,59 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_atomic(path: Path, payload: bytes) -> str:
-    """Write `payload` to `path` through a temporary file and a rename; return its sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-    return hashlib.sha256(payload).hexdigest()
+def write_atomic(path: AnyPath, payload: bytes) -> str:
+    """Write `payload` to `path` so no reader sees half of it (a local temporary file and a
+    rename, or one upload to object storage); return its sha256."""
+    return write_bytes_atomic(path, payload)
 
 
 class JsonArtifactIOManager(dg.ConfigurableIOManager):
-    """Stores an asset's JSON-serialisable output as ``<root>/<asset>.json``."""
+    """Stores an asset's JSON-serialisable output as ``<root>/<asset>.json``, or for a
+    partitioned asset ``<root>/<asset>/<partition>.json`` (one partition per run). An input
+    loads one artifact, or ``{partition: artifact}`` of the partitions materialized so far when
+    it says so with ``AssetIn(metadata={"artifacts": "by_partition"})`` (e.g. every origin's
+    policy, for a report that says which are missing).
+
+    :ivar root: a local folder, or an ``s3://bucket/prefix`` location (one upload per file)
+    :ivar s3_endpoint_url: an S3-compatible server other than AWS (MinIO, a test server)
+    """
 
     root: str
+    s3_endpoint_url: str = ""
 
-    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        return Path(self.root) / f"{context.asset_key.path[-1]}.json"
+    def _paths(self, context: dg.OutputContext | dg.InputContext) -> dict[str | None, AnyPath]:
+        from regime_pipeline.resources.storage import location
+
+        root = location(self.root, self.s3_endpoint_url)
+        name = context.asset_key.path[-1]
+        if not context.has_asset_partitions:
+            return {None: root / f"{name}.json"}
+        return {key: root / name / f"{key}.json" for key in context.asset_partition_keys}
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        path = self._path(context)
+        paths = self._paths(context)
+        if len(paths) != 1:
+            raise ValueError(f"{context.asset_key.to_user_string()}: a model artifact is written one partition at a time, "
+                             f"not {len(paths)}")
+        path = next(iter(paths.values()))
         payload = json.dumps(obj, indent=1, sort_keys=True, default=_jsonable).encode()
-        digest = write_atomic(path, payload)
+        digest = write_bytes_atomic(path, payload)
         context.add_output_metadata(
             {"path": dg.MetadataValue.path(str(path)), "sha256": digest, "bytes": len(payload)}
         )
 
     def load_input(self, context: dg.InputContext) -> Any:
-        path = self._path(context)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: materialize {context.asset_key.to_user_string()} first")
-        return json.loads(path.read_text())
+        paths = self._paths(context)
+        if (context.definition_metadata or {}).get("artifacts") == "by_partition":
+            return {key: json.loads(path.read_text()) for key, path in paths.items() if path.exists()}
+        for key, path in paths.items():
+            if not path.exists():
+                what = context.asset_key.to_user_string() + (f" [{key}]" if key is not None else "")
+                raise FileNotFoundError(f"{path} does not exist: materialize {what} first")
+        if len(paths) != 1:
+            raise ValueError(f"{context.asset_key.to_user_string()}: {len(paths)} partitions for one artifact; "
+                             "declare the input with metadata={'artifacts': 'by_partition'}")
+        return json.loads(next(iter(paths.values())).read_text())
 
 
 def _jsonable(value: Any) -> Any:

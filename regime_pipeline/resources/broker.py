@@ -7,7 +7,9 @@ API keys being present in the environment is not enough. Its keys are read from
 stored in the resource's config (which Dagster shows in the UI). There is no live mode.
 
 Files, under ``<data_dir>/<ledger_dir>/`` (``configs/broker.yaml``): the ledger of each mode in
-``<mode>.duckdb``, and the paper broker's account in ``paper_exchange.duckdb``.
+``<mode>.duckdb``, and the paper broker's account in ``paper_exchange.duckdb``. With
+``postgres_url`` set (the `cluster` deployment) they are Postgres schemas instead:
+``ledger_<mode>`` and ``paper_exchange``, the rebalance lock an advisory lock.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dagster as dg
 from regime_pipeline.configs import load_yaml
 
 if TYPE_CHECKING:  # imported when opened: the code location loads without ccxt
+    from regime_pipeline.core.database import Database
     from regime_pipeline.core.trading.brokers import Broker
     from regime_pipeline.core.trading.ledger import Ledger
 
@@ -44,17 +47,35 @@ class BrokerResource(dg.ConfigurableResource):
     :ivar data_dir: the project's data directory (the ledger files live under it)
     :ivar api_url: tests only: a local fake Binance (loopback address) the testnet broker talks
         to instead of testnet.binance.vision
+    :ivar postgres_url: the cluster's database: the ledger and the paper account live there
+        (``postgresql+psycopg2://...``) instead of in files under `data_dir`
     """
 
     mode: Literal["paper", "binance_testnet"] = "paper"
     data_dir: str
     api_url: str = ""
+    postgres_url: str = ""
 
     def ledger_dir(self) -> Path:
         return Path(self.data_dir) / str(load_yaml("broker")["ledger_dir"])
 
     def ledger_path(self) -> Path:
         return self.ledger_dir() / f"{self.mode}.duckdb"
+
+    def ledger_database(self) -> Database:
+        """Where the ledger of this mode lives: its DuckDB file, or its Postgres schema."""
+        from regime_pipeline.core.database import DuckDBFile, PostgresSchema
+
+        if self.postgres_url:
+            return PostgresSchema(self.postgres_url, f"ledger_{self.mode}")
+        return DuckDBFile(self.ledger_path())
+
+    def paper_account_database(self) -> Database:
+        from regime_pipeline.core.database import DuckDBFile, PostgresSchema
+
+        if self.postgres_url:
+            return PostgresSchema(self.postgres_url, "paper_exchange")
+        return DuckDBFile(self.ledger_dir() / "paper_exchange.duckdb")
 
     def open(self, log: Any | None = None) -> Trading:
         """Build the configured broker and open its ledger."""
@@ -66,16 +87,16 @@ class BrokerResource(dg.ConfigurableResource):
         initial_cash = float(settings["initial_cash_usdt"])
         if self.mode == "paper":
             broker: Broker = PaperBroker(
-                self.ledger_dir() / "paper_exchange.duckdb", initial_cash=initial_cash, costs=Costs.from_config()
+                self.paper_account_database(), initial_cash=initial_cash, costs=Costs.from_config()
             )
         else:
             broker = BinanceTestnetBroker.from_env(sandbox_api_url=self.api_url or None, log=log)
-        return Trading(broker=broker, ledger=Ledger(self.ledger_path(), initial_cash=initial_cash))
+        return Trading(broker=broker, ledger=Ledger(self.ledger_database(), initial_cash=initial_cash))
 
 
-def broker_from_env(data_dir: str) -> BrokerResource:
+def broker_from_env(data_dir: str, postgres_url: str = "") -> BrokerResource:
     """The `broker` resource as ``REGIME_BROKER`` selects (default ``paper``)."""
     mode = os.environ.get(BROKER_MODE_ENV, "paper") or "paper"
     if mode not in MODES:
         raise ValueError(f"{BROKER_MODE_ENV}={mode!r}: expected one of {list(MODES)}")
-    return BrokerResource(mode=mode, data_dir=data_dir)
+    return BrokerResource(mode=mode, data_dir=data_dir, postgres_url=postgres_url)

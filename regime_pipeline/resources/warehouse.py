@@ -1,4 +1,9 @@
-"""DuckDB IO manager: each partition of an asset is a slice of one table, replaced atomically.
+"""The warehouse IO managers: each partition of an asset is a slice of one table, replaced atomically.
+
+:class:`SliceTableIOManager` holds the semantics below once; :class:`DuckDBTableIOManager` (one
+DuckDB file, the `local` deployment) and
+:class:`~regime_pipeline.resources.warehouse_postgres.PostgresTableIOManager` (the `cluster`
+deployment) give it a backend's primitives.
 
 Unlike a plain delete-then-insert, the delete and the insert run in one transaction, so a
 failed write leaves the slice as it was. Columns are inserted by name (a reordered frame
@@ -14,8 +19,9 @@ An asset declares how its partitions map to rows with ``metadata={"partition_exp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import dagster as dg
 import duckdb
@@ -91,14 +97,48 @@ def _storable(sql_type: str) -> str:
     return "VARCHAR" if sql_type == '"NULL"' or sql_type == "NULL" else sql_type
 
 
-class DuckDBTableIOManager(dg.ConfigurableIOManager):
-    """Stores pandas DataFrames as DuckDB tables named after the asset (``<schema>.<asset>``)."""
+def _refuse_empty_over_stored(qualified: str, description: str, stored: int) -> None:
+    if stored:
+        raise ValueError(
+            f"{qualified}: the output for {description} is empty but {stored} rows are stored "
+            "there; refusing to replace them with none (were the step's inputs missing?)"
+        )
 
-    database: str
+
+class SliceWriter(Protocol):
+    """One table's side of a slice replacement, inside one open transaction (a backend's primitives)."""
+
+    def table_exists(self) -> bool: ...
+    def create_table(self) -> None: ...
+    def add_new_columns(self) -> None: ...
+    def count(self, where: str, params: list[Any]) -> int: ...
+    def delete(self, where: str, params: list[Any]) -> int: ...
+    def insert(self) -> None: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+
+
+class SliceTableIOManager(dg.ConfigurableIOManager):
+    """Stores pandas DataFrames as tables named after the asset (``<schema>.<asset>``), each
+    partition a slice replaced in one transaction: the semantics of the module docstring, for
+    every backend. A backend gives :meth:`_writer` (the primitives of one write transaction)
+    and :meth:`_read`."""
+
     db_schema: str = "main"
 
     def _table(self, context: dg.OutputContext | dg.InputContext) -> str:
         return context.asset_key.path[-1]
+
+    def _location(self) -> str:
+        raise NotImplementedError
+
+    def _writer(self, context: dg.OutputContext, table: str, frame: pd.DataFrame):
+        """A context manager giving a :class:`SliceWriter` on an open transaction."""
+        raise NotImplementedError
+
+    def _read(self, context: dg.InputContext, table: str, where: str, params: list[Any], order: str) -> pd.DataFrame:
+        """The rows of `table` matching `where`; raises :class:`LookupError` if it does not exist."""
+        raise NotImplementedError
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
         if obj is None:
@@ -116,37 +156,24 @@ class DuckDBTableIOManager(dg.ConfigurableIOManager):
                     f"({description}), e.g. {expr}={stray[expr].iloc[0]!r}"
                 )
         qualified = f"{self.db_schema}.{table}"
-        with connect(self.database, log=context.log) as con:
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.db_schema}")
-            con.register("frame", obj)
-            con.execute("BEGIN TRANSACTION")
+        with self._writer(context, table, obj) as writer:
             try:
-                if not table_exists(con, self.db_schema, table):
+                if not writer.table_exists():
                     if obj.empty:
-                        con.execute("ROLLBACK")
+                        writer.rollback()
                         context.log.info(f"{qualified}: nothing to store for {description}")
                         return
-                    columns = ", ".join(
-                        f'"{name}"::{_storable(sql_type)} AS "{name}"' for name, sql_type in _frame_types(con).items()
-                    )
-                    con.execute(f"CREATE TABLE {qualified} AS SELECT {columns} FROM frame LIMIT 0")
-                self._add_new_columns(con, qualified, table)
+                    writer.create_table()
+                writer.add_new_columns()
                 if obj.empty:
-                    stored = con.execute(f"SELECT count(*) FROM {qualified} WHERE {where}", params).fetchone()[0]
-                    if stored:
-                        raise ValueError(
-                            f"{qualified}: the output for {description} is empty but {stored} rows are stored "
-                            "there; refusing to replace them with none (were the step's inputs missing?)"
-                        )
-                deleted = con.execute(f"DELETE FROM {qualified} WHERE {where}", params).fetchone()[0]
+                    _refuse_empty_over_stored(qualified, description, writer.count(where, params))
+                deleted = writer.delete(where, params)
                 if not obj.empty:
-                    con.execute(f"INSERT INTO {qualified} BY NAME SELECT * FROM frame")
-                con.execute("COMMIT")
+                    writer.insert()
+                writer.commit()
             except Exception:
-                con.execute("ROLLBACK")
+                writer.rollback()
                 raise
-            finally:
-                con.unregister("frame")
         _describe_output(
             context,
             {
@@ -160,18 +187,6 @@ class DuckDBTableIOManager(dg.ConfigurableIOManager):
             },
         )
 
-    def _add_new_columns(self, con: duckdb.DuckDBPyConnection, qualified: str, table: str) -> None:
-        existing = {
-            row[0]
-            for row in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
-                [self.db_schema, table],
-            ).fetchall()
-        }
-        for column, sql_type in _frame_types(con).items():
-            if column not in existing:
-                con.execute(f'ALTER TABLE {qualified} ADD COLUMN "{column}" {_storable(sql_type)}')
-
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         upstream = context.upstream_output
         table = self._table(context)
@@ -180,21 +195,101 @@ class DuckDBTableIOManager(dg.ConfigurableIOManager):
             return pd.DataFrame()
         where, params, _ = _slice(context, expr)
         order = f" ORDER BY {expr}" if expr else ""
-        missing = dg.DagsterInvariantViolationError(
-            f"table {self.db_schema}.{table} does not exist in {self.database}: "
-            f"materialize {context.asset_key.to_user_string()} first"
-        )
+        try:
+            return self._read(context, table, where, params, order)
+        except LookupError:
+            raise dg.DagsterInvariantViolationError(
+                f"table {self.db_schema}.{table} does not exist in {self._location()}: "
+                f"materialize {context.asset_key.to_user_string()} first"
+            ) from None
+
+
+class _DuckDBSlice:
+    """:class:`SliceWriter` on a DuckDB connection with the output registered as ``frame``."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, schema: str, table: str) -> None:
+        self.con, self.schema, self.table = con, schema, table
+        self.qualified = f"{schema}.{table}"
+
+    def table_exists(self) -> bool:
+        return table_exists(self.con, self.schema, self.table)
+
+    def create_table(self) -> None:
+        columns = ", ".join(f'"{name}"::{_storable(sql_type)} AS "{name}"' for name, sql_type in _frame_types(self.con).items())
+        self.con.execute(f"CREATE TABLE {self.qualified} AS SELECT {columns} FROM frame LIMIT 0")
+
+    def add_new_columns(self) -> None:
+        existing = _existing_columns(self.con, self.schema, self.table)
+        for column, sql_type in _frame_types(self.con).items():
+            if column not in existing:
+                self.con.execute(f'ALTER TABLE {self.qualified} ADD COLUMN "{column}" {_storable(sql_type)}')
+
+    def count(self, where: str, params: list[Any]) -> int:
+        return self.con.execute(f"SELECT count(*) FROM {self.qualified} WHERE {where}", params).fetchone()[0]
+
+    def delete(self, where: str, params: list[Any]) -> int:
+        return self.con.execute(f"DELETE FROM {self.qualified} WHERE {where}", params).fetchone()[0]
+
+    def insert(self) -> None:
+        self.con.execute(f"INSERT INTO {self.qualified} BY NAME SELECT * FROM frame")
+
+    def commit(self) -> None:
+        self.con.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.con.execute("ROLLBACK")
+
+
+def _existing_columns(con: Any, schema: str, table: str) -> set[str]:
+    return {
+        row[0]
+        for row in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            [schema, table],
+        ).fetchall()
+    }
+
+
+class DuckDBTableIOManager(SliceTableIOManager):
+    """The warehouse as one DuckDB file (`database`): one writing process at a time (the
+    `warehouse` pool), readers open it read-only."""
+
+    database: str
+
+    def _location(self) -> str:
+        return self.database
+
+    @contextmanager
+    def _writer(self, context: dg.OutputContext, table: str, frame: pd.DataFrame) -> Iterator[_DuckDBSlice]:
+        with connect(self.database, log=context.log) as con:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.db_schema}")
+            con.register("frame", frame)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield _DuckDBSlice(con, self.db_schema, table)
+            finally:
+                con.unregister("frame")
+
+    def _read(self, context: dg.InputContext, table: str, where: str, params: list[Any], order: str) -> pd.DataFrame:
         try:
             with connect(self.database, read_only=True, log=context.log) as con:
                 if not table_exists(con, self.db_schema, table):
-                    raise missing
+                    raise LookupError(table)
                 return _query(con, f"SELECT * FROM {self.db_schema}.{table} WHERE {where}{order}", params)
         except FileNotFoundError:
-            raise missing from None
+            raise LookupError(table) from None
 
 
 def read_table(database: str, table: str, where: str = "TRUE", params: Sequence[Any] = (), schema: str = "main") -> pd.DataFrame:
-    """Read rows of a warehouse table outside Dagster (the CLI summary, notebooks, tests), read-only."""
+    """Read rows of a warehouse table outside Dagster (the CLI summary, notebooks, tests), read-only.
+
+    :param database: the DuckDB file, or the Postgres URL of the cluster's warehouse (then
+        `schema` ``main`` means the Postgres IO manager's default schema)
+    """
+    if database.startswith("postgres"):
+        from regime_pipeline.resources.warehouse_postgres import WAREHOUSE_SCHEMA, read_postgres_table
+
+        return read_postgres_table(database, table, where, params, WAREHOUSE_SCHEMA if schema == "main" else schema)
     with connect(database, read_only=True) as con:
         return _query(con, f"SELECT * FROM {schema}.{table} WHERE {where}", list(params))
 

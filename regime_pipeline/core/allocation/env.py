@@ -40,6 +40,15 @@ one coordinate and -1 elsewhere gives a weight of exactly 1 there, and any coord
 value is at least ``1 / scale`` below the top one gets exactly 0. Equal actions give equal
 weights. Out-of-box actions are clipped first.
 
+Execution (:meth:`AllocationEnv.trade_weights`): the projected target is not traded as it is.
+An asset whose target differs from its current (drifted) weight at close ``d`` by at most the
+no-trade band b keeps its weight (:func:`apply_no_trade_band`); the book then moves the
+fraction ``rebalance_rate`` (κ) of the way from its current weights to that banded target
+(partial rebalancing: an exponential smoothing of the targets, half-life ln 2 / -ln(1 - κ)
+weeks). Under trading costs, small and short-lived adjustments cost more than they are
+worth, and a policy whose output jitters from week to week would otherwise pay for the
+jitter. b = 0 and κ = 1 trade to the target exactly.
+
 Reward per step (coefficients in configs/backtest.yaml ``reward:``), with ``r_d`` the week's
 daily net returns (the cost is inside the trade day's return), ``n`` their number, ``TO`` the
 rebalance's turnover and ``g_ref`` the log growth of the equal-weight portfolio of the assets
@@ -51,6 +60,10 @@ listed at close ``d`` from close ``d`` to the week's last close (no cost)::
 The shortfall term makes doing nothing non-optimal by construction in rising markets: an
 all-cash policy has ``g = 0`` and pays ``λ_short · g_ref`` every week the market rises, while
 in falling weeks it pays nothing (cash is then rightly rewarded).
+
+Costs: ``g`` is the log growth of the account net of the trade's cost, ``rate · TO · V_open``,
+exactly what :func:`portfolio.simulate` charges. So the reward charges the real cost once;
+``λ_turn`` (0 in configs/backtest.yaml) would charge turnover on top of it.
 
 Episodes: ``episode_weeks`` steps from decision index 0 (``random_start=False``) or from a start
 drawn uniformly with the env's seeded RNG so that a full episode fits (or ``options={"start":
@@ -113,6 +126,45 @@ def project_simplex(z: np.ndarray) -> np.ndarray:
     return np.maximum(z - tau, 0.0)
 
 
+def project_simplex_rows(z: np.ndarray) -> np.ndarray:
+    """:func:`project_simplex` of each row of `z` (S, m) at once."""
+    u = -np.sort(-z, axis=1)
+    css = u.cumsum(axis=1)
+    rho = np.count_nonzero(u * _RANKS[: z.shape[1]] > css - 1.0, axis=1)
+    tau = (css[np.arange(z.shape[0]), rho - 1] - 1.0) / rho
+    return np.maximum(z - tau[:, None], 0.0)
+
+
+def apply_no_trade_band(target: np.ndarray, current: np.ndarray, band: float, rate: float = 1.0) -> np.ndarray:
+    """Weights (N + 1,) to trade to: `target`'s weight for each asset whose weight it moves by
+    more than `band` from `current` (both (N + 1,), cash last), `current`'s for the others, and
+    cash the rest. When the kept and moved assets together exceed 1 (the cash the target frees is
+    kept in an asset within the band), the buys are scaled down so cash is 0. Then the book moves
+    the fraction `rate` of the way from `current` to that banded target. ``band = 0`` and
+    ``rate = 1`` return `target` itself."""
+    if band <= 0.0 and rate >= 1.0:
+        return target
+    n = target.shape[0] - 1
+    move = target[:n] - current[:n]
+    move[np.abs(move) <= band] = 0.0
+    excess = float(np.add.reduce(current[:n])) + float(np.add.reduce(move)) - 1.0
+    if excess > 0.0:
+        # The excess is at most the buys (the kept weights sum to at most 1), up to float dust,
+        # which a fully invested book with no buy can carry: then the weights are rescaled.
+        buys = np.maximum(move, 0.0)
+        bought = float(np.add.reduce(buys))
+        if bought > 0.0:
+            move -= buys * min(1.0, excess / bought)
+        else:
+            move -= current[:n] * (excess / (1.0 + excess))
+    if rate < 1.0:
+        move *= rate
+    out = np.empty_like(target)
+    np.add(current[:n], move, out=out[:n])
+    out[n] = max(0.0, 1.0 - float(np.add.reduce(out[:n])))
+    return out
+
+
 class AllocationEnv(gymnasium.Env):
     """Weekly long-only allocation over N assets + cash; see the module docstring.
 
@@ -129,6 +181,10 @@ class AllocationEnv(gymnasium.Env):
     :param reward: reward coefficients; None = configs/backtest.yaml ``reward:``.
     :param action_scale: multiplier of the action before the simplex projection (>= 0.5 so
         that a weight of 1 is reachable).
+    :param no_trade_band: per-asset weight change at or below which a target is not traded
+        (:func:`apply_no_trade_band`); 0 trades every change.
+    :param rebalance_rate: fraction of the way from the current weights to the (banded) target
+        the book moves at a rebalance, in (0, 1]; 1 trades to it in full.
     :param members: (T, N) True where the asset is in the universe that day; None: every asset
         with a close. A decision weighs only members with a full bar at the next open.
     :param slots: (K, S) asset index in each slot at each decision, -1 for an empty slot; None:
@@ -150,6 +206,8 @@ class AllocationEnv(gymnasium.Env):
         random_start: bool = True,
         reward: RewardConfig | None = None,
         action_scale: float = 1.0,
+        no_trade_band: float = 0.0,
+        rebalance_rate: float = 1.0,
         members: np.ndarray | None = None,
         slots: np.ndarray | None = None,
         asset_prob_width: int | None = None,
@@ -168,6 +226,10 @@ class AllocationEnv(gymnasium.Env):
             raise ValueError(f"decision days must be non-empty, strictly increasing in [0, {t_days - 2}]")
         if action_scale < 0.5:
             raise ValueError("action_scale must be >= 0.5 for a weight of 1 to be reachable")
+        if not 0.0 <= no_trade_band < 1.0:
+            raise ValueError(f"no_trade_band must be in [0, 1), got {no_trade_band}")
+        if not 0.0 < rebalance_rate <= 1.0:
+            raise ValueError(f"rebalance_rate must be in (0, 1], got {rebalance_rate}")
         if episode_weeks is not None and episode_weeks < 1:
             raise ValueError("episode_weeks must be >= 1 or None")
         self.rate = costs.rate if isinstance(costs, Costs) else float(costs)
@@ -206,6 +268,8 @@ class AllocationEnv(gymnasium.Env):
         self.episode_weeks = episode_weeks
         self.random_start = random_start
         self.action_scale = float(action_scale)
+        self.no_trade_band = float(no_trade_band)
+        self.rebalance_rate = float(rebalance_rate)
         self.decision_days = days
         # Step k trades at the open of days[k] + 1 and ends at the close of ends[k].
         self.ends = np.append(days[1:], t_days - 1)
@@ -215,6 +279,7 @@ class AllocationEnv(gymnasium.Env):
         self._safe_slots = np.where(self._filled, slot_assets, 0)
         self._width, self._n_market = width, n_market
         self.n_probs = s * width + n_market if self._slotted else probs.shape[1]
+        self._has_close = np.isfinite(close)  # (T, N) a close, member or not: a held book's start
         self._listed_days = listed_close.astype(np.float64)  # (T, N) listed (a member) at each close
         self._listed = eligible
         # Equal-weight reference log growth per step, close d -> close of the week's end (an asset
@@ -256,7 +321,7 @@ class AllocationEnv(gymnasium.Env):
     def action_to_weights(self, action: np.ndarray, listed: np.ndarray) -> np.ndarray:
         """Target weights (N + 1,) for `action` (N + 1,) given the `listed` mask (N,): simplex
         projection of ``scale · clip(action, -1, 1)`` over the listed assets and cash (slot i =
-        asset i)."""
+        asset i), before the no-trade band."""
         return self._to_assets(action, np.append(listed, True), np.arange(self.n_assets))
 
     def _project(self, action: np.ndarray, k: int) -> np.ndarray:
@@ -314,7 +379,9 @@ class AllocationEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start all in cash with value 1.0 at the close of the episode's first decision day.
-        ``options={"start": k}`` fixes the first decision index."""
+        ``options={"start": k}`` fixes the first decision index; ``options={"weights": w}``
+        starts from the (N + 1,) weights `w` held at that close instead of cash (a book that
+        continues from positions it holds; its return and volatility history start empty)."""
         super().reset(seed=seed)
         k_total = self.decision_days.size
         length = k_total if self.episode_weeks is None else min(self.episode_weeks, k_total)
@@ -330,11 +397,22 @@ class AllocationEnv(gymnasium.Env):
         self._stop = min(start + length, k_total)
         self._units = np.zeros(self.n_assets)
         self._cash = 1.0
+        day = int(self.decision_days[start])
+        if options and options.get("weights") is not None:
+            held = np.asarray(options["weights"], dtype="float64").reshape(-1)
+            n = self.n_assets
+            listed = self._has_close[day]
+            if (held.shape != (n + 1,) or not np.isfinite(held).all() or (held < -1e-9).any()
+                    or abs(held.sum() - 1.0) > 1e-6 or (held[:n][~listed] > 0).any()):
+                raise ValueError(f"start weights must be {n + 1} long-only weights summing to 1 with nothing on an "
+                                 f"asset without a close on the start day, got {held}")
+            held = np.clip(held, 0.0, None) / np.clip(held, 0.0, None).sum()
+            self._units = np.where(listed, held[:n] / np.where(listed, self._marks.close_value[day], 1.0), 0.0)
+            self._cash = float(held[n])
         self._value = 1.0
         self._peak = 1.0
         self._last_return = 0.0
         self._recent.clear()
-        day = int(self.decision_days[start])
         return self._observation(day, start), {"start": start, "day": day}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -347,11 +425,61 @@ class AllocationEnv(gymnasium.Env):
         """
         if self._k >= self._stop:
             raise RuntimeError("step() called after the episode ended; call reset()")
-        return self.step_weights(self._project(action, self._k))
+        return self.step_weights(self.pending_weights(action))
+
+    def target_weights(self, action: np.ndarray) -> np.ndarray:
+        """The target asset weights (N + 1,) `action` maps to at the current decision, before the
+        no-trade band: what a policy wants (an ensemble averages these)."""
+        return self._project(action, self._k)
+
+    def target_weights_batch(self, actions: np.ndarray) -> np.ndarray:
+        """:meth:`target_weights` of each row of `actions` (B, S + 1) at once: (B, N + 1)."""
+        k = self._k
+        keep = self._keep[k]
+        a = np.clip(np.asarray(actions, dtype="float64")[:, keep], -1.0, 1.0)
+        a *= self.action_scale
+        per_slot = np.zeros((a.shape[0], keep.size))
+        per_slot[:, keep] = project_simplex_rows(a)
+        if not self._slotted:
+            return per_slot
+        w = np.zeros((a.shape[0], self.n_assets + 1))
+        filled = self._filled[k]
+        w[:, self._slot_assets[k][filled]] = per_slot[:, :-1][:, filled]
+        w[:, self.n_assets] = per_slot[:, -1]
+        return w
+
+    def current_weights(self) -> np.ndarray:
+        """The (drifted) asset weights (N + 1,) held at the current decision's close, cash last (a
+        holding sold at its last close counted as cash)."""
+        d = int(self.decision_days[self._k])
+        held = self._marks.close_value[d] * self._units
+        sold = self._marks.sold[d]
+        w = np.empty(self.n_assets + 1)
+        w[: self.n_assets] = np.where(sold, 0.0, held)
+        w[self.n_assets] = self._cash + float(np.add.reduce(held[sold])) if sold.any() else self._cash
+        w /= self._value
+        return w
+
+    def trade_weights(self, target: np.ndarray) -> np.ndarray:
+        """What is traded for `target` (N + 1,) at the current decision: the no-trade band,
+        then the rebalance rate, against the weights held at its close (which every input of
+        the decision knows); see the module docstring. An asset that may not be weighed at the
+        decision (no longer a member, or no full bar at the next open) is not kept by the band:
+        it is sold (its weight goes to cash), as the target says."""
+        if self.no_trade_band <= 0.0 and self.rebalance_rate >= 1.0:
+            return target
+        out = apply_no_trade_band(target, self.current_weights(), self.no_trade_band, self.rebalance_rate)
+        n = self.n_assets
+        off = ~self._listed[self._k] & (out[:n] > 0.0)
+        if off.any():
+            out = out.copy()
+            out[n] += float(np.add.reduce(out[:n][off]))
+            out[:n][off] = 0.0
+        return out
 
     def pending_weights(self, action: np.ndarray) -> np.ndarray:
-        """The target asset weights (N + 1,) `action` maps to at the current decision."""
-        return self._project(action, self._k)
+        """The asset weights (N + 1,) `action` trades to at the current decision (band applied)."""
+        return self.trade_weights(self.target_weights(action))
 
     def book_at_next_open(self) -> tuple[np.ndarray, float]:
         """The portfolio at the open of the next trade day, before trading: asset weights (N + 1,),

@@ -23,6 +23,11 @@ Definitions:
   a number in [-1, 0] (-0.35 = a 35% fall from a peak)
 * ``calmar = cagr / |max_drawdown|``
 
+Sortino misranks losing strategies: with a negative mean, a larger downside deviation moves it
+toward zero, so the more volatile of two losers scores better (a rule that lost 28% with a 32%
+drawdown scored -1.51, equal weight losing 31% with a 47% drawdown -0.31). :func:`summary` flags
+it (``sortino_mean_negative``); reports put total return, max drawdown and Calmar beside it.
+
 Edge cases (chosen to match empyrical, so the independent check holds everywhere):
 
 * empty input: every metric is nan (total_return too);
@@ -159,6 +164,8 @@ def summary(
         "sortino": sortino(arr, periods),
         "max_drawdown": max_drawdown(arr),
         "calmar": calmar(arr, periods),
+        # Sortino cannot rank strategies whose mean daily return is negative (module docstring).
+        "sortino_mean_negative": bool(arr.size and arr.mean() < 0),
     }
     if turnover is not None:
         t = np.asarray(turnover, dtype="float64")

@@ -1,6 +1,7 @@
 """The allocation agent's inputs and its deployed form: prices and regime probabilities as
 arrays, environments over a date range, and a trained actor as plain numpy that turns an
-observation into target weights (for backtests and the weekly rebalance, without torch).
+observation into target weights (for backtests and the weekly rebalance, without torch), alone
+or as an ensemble of seeds (:class:`EnsemblePolicy`: the mean of the seeds' target weights).
 
 Observation layout: see :mod:`regime_pipeline.core.allocation.env`. Its probability block (P columns)
 is, for each universe asset in order, that asset's vol and trend class probabilities, then
@@ -126,12 +127,14 @@ def make_env(
     random_start: bool = False,
     reward: RewardConfig | None = None,
     action_scale: float = 1.0,
+    no_trade_band: float = 0.0,
+    rebalance_rate: float = 1.0,
 ) -> AllocationEnv:
     """The environment over ``start..end`` (inclusive): the first decision is at the close of
     the day before `start`, the last step ends at the close of `end`. Nothing after `end` is
     given to it. Defaults give one deterministic episode over the whole window (evaluation)."""
     return _env(data, _window(data, start, end), episode_weeks=episode_weeks, random_start=random_start,
-                reward=reward, action_scale=action_scale)
+                reward=reward, action_scale=action_scale, no_trade_band=no_trade_band, rebalance_rate=rebalance_rate)
 
 
 def slot_table(members: np.ndarray, size: int) -> np.ndarray:
@@ -189,6 +192,8 @@ class AllocationPolicy:
     :ivar epsilon: added to the variance before the square root.
     :ivar activation: hidden-layer activation, ``tanh`` or ``relu``.
     :ivar action_scale: the environment's action multiplier it was trained with.
+    :ivar no_trade_band: the environment's no-trade band it was trained with (a weight).
+    :ivar rebalance_rate: the environment's rebalance rate it was trained with.
     """
 
     layers: tuple[tuple[np.ndarray, np.ndarray], ...]
@@ -198,6 +203,12 @@ class AllocationPolicy:
     epsilon: float
     activation: str = "tanh"
     action_scale: float = 1.0
+    no_trade_band: float = 0.0
+    rebalance_rate: float = 1.0
+
+    def execution(self) -> dict[str, float]:
+        """The environment settings the policy acts through (trained, backtested, traded with)."""
+        return {"action_scale": self.action_scale, "no_trade_band": self.no_trade_band, "rebalance_rate": self.rebalance_rate}
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         z = (np.asarray(obs, dtype="float64") - self.obs_mean) / np.sqrt(self.obs_var + self.epsilon)
@@ -213,8 +224,13 @@ class AllocationPolicy:
                 h = act(h)
         return np.minimum(np.maximum(h, -1.0), 1.0)
 
+    def target(self, obs: np.ndarray, env: AllocationEnv) -> np.ndarray:
+        """The weights (N + 1,) traded at `env`'s current decision for observation `obs`."""
+        return env.trade_weights(env.target_weights(self.action(obs)))
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": "actor",
             "layers": [{"weight": w.tolist(), "bias": b.tolist()} for w, b in self.layers],
             "obs_mean": self.obs_mean.tolist(),
             "obs_var": self.obs_var.tolist(),
@@ -222,6 +238,8 @@ class AllocationPolicy:
             "epsilon": self.epsilon,
             "activation": self.activation,
             "action_scale": self.action_scale,
+            "no_trade_band": self.no_trade_band,
+            "rebalance_rate": self.rebalance_rate,
         }
 
     @classmethod
@@ -238,44 +256,147 @@ class AllocationPolicy:
             epsilon=float(raw["epsilon"]),
             activation=str(raw["activation"]),
             action_scale=float(raw["action_scale"]),
+            no_trade_band=float(raw.get("no_trade_band", 0.0)),
+            rebalance_rate=float(raw.get("rebalance_rate", 1.0)),
         )
 
 
-def policy_targets(policy: AllocationPolicy, env: AllocationEnv, limits: RiskLimits | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class EnsemblePolicy:
+    """Several actors (one per training seed) deployed as one: at each decision every member
+    maps the same observation (the ensemble's own book) to its target weights, and the ensemble
+    trades the mean of those targets, through the no-trade band once. Averaging weights, not
+    actions: the simplex projection is not linear, and the mean of valid weights is valid.
+
+    The members' forward passes run as one batched computation (stacked layers), so an
+    ensemble of 10 costs about as much per decision as a single actor.
+
+    :ivar members: actors with the same architecture, action scale and no-trade band.
+    """
+
+    members: tuple[AllocationPolicy, ...]
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError("an ensemble needs at least one member")
+        first = self.members[0]
+        for i, m in enumerate(self.members[1:], start=1):
+            same = (m.activation == first.activation and m.execution() == first.execution()
+                    and m.clip_obs == first.clip_obs
+                    and [w.shape for w, _ in m.layers] == [w.shape for w, _ in first.layers])
+            if not same:
+                raise ValueError(f"ensemble member {i} differs from member 0 in architecture, execution settings or clipping")
+        # Stacked parameters: (S, out, in) weights, (S, out) biases, (S, D) statistics.
+        object.__setattr__(self, "_weights", [np.stack([m.layers[j][0] for m in self.members]) for j in range(len(first.layers))])
+        object.__setattr__(self, "_biases", [np.stack([m.layers[j][1] for m in self.members]) for j in range(len(first.layers))])
+        object.__setattr__(self, "_mean", np.stack([m.obs_mean for m in self.members]))
+        object.__setattr__(self, "_scale", np.sqrt(np.stack([m.obs_var + m.epsilon for m in self.members])))
+
+    def execution(self) -> dict[str, float]:
+        return self.members[0].execution()
+
+    def actions(self, obs: np.ndarray) -> np.ndarray:
+        """(D,) observation -> (S, N + 1) the members' actions (each as :meth:`AllocationPolicy.action`)."""
+        clip = self.members[0].clip_obs
+        h = np.subtract(np.asarray(obs, dtype="float64"), self._mean)
+        h /= self._scale
+        np.clip(h, -clip, clip, out=h)
+        act = _ACTIVATIONS[self.members[0].activation]
+        last = len(self._weights) - 1
+        for j, (w, b) in enumerate(zip(self._weights, self._biases)):
+            h = np.matmul(w, h[:, :, None])[:, :, 0]
+            h += b
+            if j < last:
+                h = act(h)
+        return np.clip(h, -1.0, 1.0, out=h)
+
+    def member_targets(self, obs: np.ndarray, env: AllocationEnv) -> np.ndarray:
+        """(S, N + 1) each member's target weights at `env`'s current decision (before the band)."""
+        return env.target_weights_batch(self.actions(obs))
+
+    def target(self, obs: np.ndarray, env: AllocationEnv) -> np.ndarray:
+        """The mean of the members' targets, through the no-trade band: the weights traded."""
+        targets = self.member_targets(obs, env)
+        return env.trade_weights(np.add.reduce(targets, axis=0) / targets.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "ensemble", "members": [m.to_dict() for m in self.members]}
+
+
+Policy = AllocationPolicy | EnsemblePolicy
+
+
+def load_policy(raw: Mapping[str, Any]) -> Policy:
+    """A policy from its ``to_dict()`` form: an ensemble or a single actor."""
+    if raw.get("kind") == "ensemble":
+        return EnsemblePolicy(tuple(AllocationPolicy.from_dict(m) for m in raw["members"]))
+    return AllocationPolicy.from_dict(raw)
+
+
+def policy_targets(policy: Policy, env: AllocationEnv, limits: RiskLimits | None = None) -> np.ndarray:
     """Run `policy` through one deterministic episode of `env` from its first decision to the
     end (through the risk `limits`, if given); return the (K, N + 1) target weights traded."""
     return _run(policy, env, limits, env.decision_days.size)[0]
 
 
+def mean_reward(policy: Policy, data: AllocationData, start: dt.date, end: dt.date) -> float:
+    """The policy's mean weekly reward (the environment's, configs/backtest.yaml) over one
+    deterministic run of ``start..end`` from cash."""
+    env = _env(data, _window(data, start, end), episode_weeks=None, **policy.execution())
+    obs, _ = env.reset(options={"start": 0})
+    total, steps, done = 0.0, 0, False
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step_weights(policy.target(obs, env))
+        total, steps, done = total + reward, steps + 1, terminated or truncated
+    return total / steps
+
+
+@dataclass(frozen=True)
+class BookStart:
+    """What a model book starts from at the close before its first trade, when it does not
+    start from cash: a book that continues an account's positions under a new policy.
+
+    :ivar weights: (N + 1,) weights held at that close, cash last (value 1.0)
+    :ivar marks: the drawdown stop's earlier weekly marks ``(equity before trading, stopped)``,
+        oldest first, in units of the value at that close: the stop's state carries over
+    """
+
+    weights: np.ndarray
+    marks: tuple[tuple[float, bool], ...] = ()
+
+
 def backtest_policy(
-    policy: AllocationPolicy, data: AllocationData, start: dt.date, end: dt.date, limits: RiskLimits | None = None,
+    policy: Policy, data: AllocationData, start: dt.date, end: dt.date, limits: RiskLimits | None = None,
+    book: BookStart | None = None,
 ) -> Result:
     """The policy's weekly run over ``start..end`` through :func:`portfolio.simulate`, the same
     accounting and costs as the benchmarks (:func:`strategies.run_strategy`): row 0 is the day
-    before `start`. With `limits`, every target goes through the risk limits first, as the
-    weekly rebalance applies them (:func:`risk.apply_limits` against the book at the trade's
-    open, the drawdown stop on the weekly marks before trading), and the policy observes the
-    limited portfolio it actually holds."""
+    before `start`, all cash at its close unless `book` says what is held there. With `limits`,
+    every target goes through the risk limits first, as the weekly rebalance applies them
+    (:func:`risk.apply_limits` against the book at the trade's open, the drawdown stop on the
+    weekly marks before trading), and the policy observes the limited portfolio it actually
+    holds."""
     first, last, days = window = _window(data, start, end)
-    env = _env(data, window, episode_weeks=None, action_scale=policy.action_scale)
-    targets = policy_targets(policy, env, limits)
+    env = _env(data, window, episode_weeks=None, **policy.execution())
+    targets = _run(policy, env, limits, env.decision_days.size, book)[0]
     rows = slice(first, last + 1)
     return simulate(
         data.prices.open[rows], data.prices.close[rows], targets, days, settings().costs,
-        dates=data.prices.dates[rows], symbols=data.prices.symbols,
+        dates=data.prices.dates[rows], symbols=data.prices.symbols, initial=None if book is None else book.weights,
     )
 
 
 def _run(
-    policy: AllocationPolicy, env: AllocationEnv, limits: RiskLimits | None, steps: int,
+    policy: Policy, env: AllocationEnv, limits: RiskLimits | None, steps: int, book: BookStart | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Step `env` from its first decision for `steps` weekly decisions with `policy` (and the
-    risk limits); return the (steps, N + 1) targets traded and the observation after them."""
-    obs, _ = env.reset(options={"start": 0})
-    marks: list[tuple[float, bool]] = []
+    risk limits), from cash or from `book`; return the (steps, N + 1) targets traded and the
+    observation after them."""
+    obs, _ = env.reset(options={"start": 0, "weights": None if book is None else book.weights})
+    marks: list[tuple[float, bool]] = [] if book is None else list(book.marks)
     targets = []
     for _ in range(steps):
-        weights = env.pending_weights(policy.action(obs))
+        weights = policy.target(obs, env)
         if limits is not None:
             current, mark = env.book_at_next_open()
             stop = drawdown_state(marks, mark, limits)
@@ -292,7 +413,8 @@ class WeekDecision:
 
     :ivar week: the Monday the trade happens at
     :ivar data_through: the last day of prices and probabilities the decision used
-    :ivar target: (N + 1,) weights, cash last, before the risk limits
+    :ivar target: (N + 1,) weights, cash last, the policy's trade (its no-trade band applied),
+        before the risk limits
     :ivar observation: the policy's input
     """
 
@@ -303,15 +425,17 @@ class WeekDecision:
 
 
 def decide_week(
-    policy: AllocationPolicy, data: AllocationData, first_week: dt.date, week: dt.date, limits: RiskLimits,
+    policy: Policy, data: AllocationData, first_week: dt.date, week: dt.date, limits: RiskLimits,
+    book: BookStart | None = None,
 ) -> WeekDecision:
-    """The target for `week` of a book that started trading at `first_week` (both Mondays).
+    """The target for `week` of a book that started trading at `first_week` (both Mondays),
+    from cash or from what `book` says it held at the Sunday close before `first_week`.
 
     The policy's portfolio state (weights, last return, drawdown, volatility) is that of its
     model book: the risk-limited run of the same policy from `first_week`
-    (:func:`backtest_policy` with `limits`), which the paper ledger tracks up to execution
-    details. Only data through ``week - 1`` (the Sunday close) enter; anything later in `data`
-    is dropped first.
+    (:func:`backtest_policy` with `limits` and `book`), which the paper ledger tracks up to
+    execution details. Only data through ``week - 1`` (the Sunday close) enter; anything later
+    in `data` is dropped first.
     """
     sunday = week - dt.timedelta(days=1)
     if first_week > week:
@@ -330,14 +454,14 @@ def decide_week(
     # Sunday's close and nothing is stepped past it.
     padded = known.padded(1)
     window = _window(padded, first_week, week)
-    env = _env(padded, window, episode_weeks=None, action_scale=policy.action_scale)
-    _, obs = _run(policy, env, limits, env.decision_days.size - 1)
-    target = env.pending_weights(policy.action(obs))
+    env = _env(padded, window, episode_weeks=None, **policy.execution())
+    _, obs = _run(policy, env, limits, env.decision_days.size - 1, book)
+    target = policy.target(obs, env)
     return WeekDecision(week, sunday, target, obs)
 
 
 def compare(
-    data: AllocationData, policies: Mapping[str, AllocationPolicy], start: dt.date, end: dt.date,
+    data: AllocationData, policies: Mapping[str, Policy], start: dt.date, end: dt.date,
     benchmarks: Mapping[str, Strategy] | None = None,
 ) -> dict[str, Result]:
     """Backtests of `policies` and of `benchmarks` (default: the four of

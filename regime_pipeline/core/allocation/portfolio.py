@@ -10,8 +10,9 @@ Model (long-only, N assets quoted in USDT plus USDT cash):
   traded at the OPEN of day d + 1. Between trades the *units* held are constant, so the
   weights drift with prices.
 * row 0 is the anchor day: the capital 1.0 is all cash at its close (``equity[0] = 1``,
-  ``returns[0] = 0``). Its close is the first moment a decision can be taken, so the first
-  possible trade is at the open of day 1. Metrics of a run use ``returns[1:]``
+  ``returns[0] = 0``), or held as the weights ``initial`` at that close (a book that continues
+  from positions it already holds). Its close is the first moment a decision can be taken, so
+  the first possible trade is at the open of day 1. Metrics of a run use ``returns[1:]``
   (:attr:`Result.period_returns`).
 * the return of a trade day d + 1 chains the overnight gap with the old holdings, the cost,
   and the day with the new holdings::
@@ -35,8 +36,13 @@ Model (long-only, N assets quoted in USDT plus USDT cash):
   close-only day (a close, no full bar) a held asset is valued at its close and is not traded
   (:mod:`regime_pipeline.core.allocation.exits`, :func:`trade`).
 
-The loop runs over rebalances only (weekly: a few hundred over the whole history), a few
-operations each; the days are then computed all at once with array operations.
+No loop in the common case: between two trades the book only drifts, so the value at a trade's
+open is the value after the previous trade times the growth of the previous target's holdings,
+``g_k = cash + Σ w_i · open_value_i[t_k] / open_value_i[t_k-1]`` (an asset sold at its last
+close grows as the cash it became), and the value after each trade is a running product of
+``g_k · (1 - rate · turnover_k)``. Only a run in which a rebalance falls on a close-only day of
+a held asset (whose units the trade must leave as they are) goes trade by trade through
+:func:`trade`, a few operations per rebalance. The days are then computed all at once.
 """
 
 from __future__ import annotations
@@ -197,6 +203,64 @@ def trade(
     return new_units, float(target[n] * (rest - cost)), v_open - cost, float(np.add.reduce(np.abs(moving))) / v_open, cost
 
 
+def _trades_sequential(
+    start_units: np.ndarray, start_cash: float, clean: np.ndarray, trades: np.ndarray,
+    mark: exits.Marks, rate: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every trade of a run through :func:`trade`, one after the other.
+
+    :returns: ``(seg_units (K + 1, N), seg_cash (K + 1,), v_after (K,), turnover (K,), costs (K,))``;
+        row 0 of the segments is the start, row k + 1 the holdings after trade k.
+    """
+    k_trades, n = clean.shape[0], start_units.shape[0]
+    seg_units = np.zeros((k_trades + 1, n))
+    seg_cash = np.empty(k_trades + 1)
+    v_after, turnover, costs = np.empty(k_trades), np.empty(k_trades), np.empty(k_trades)
+    units, cash = start_units, float(start_cash)
+    seg_units[0], seg_cash[0] = units, cash
+    for k, t in enumerate(trades):
+        units, cash, v_after[k], turnover[k], costs[k] = trade(units, cash, clean[k], t, mark, rate)
+        seg_units[k + 1], seg_cash[k + 1] = units, cash
+    return seg_units, seg_cash, v_after, turnover, costs
+
+
+def _trades_vectorised(
+    start_units: np.ndarray, start_cash: float, clean: np.ndarray, trades: np.ndarray,
+    mark: exits.Marks, rate: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The same as :func:`_trades_sequential` with array operations, for a run in which no trade
+    falls on a close-only day of a held asset (every holding can be traded at every trade's open).
+
+    A unit's value at each open is ``mark.open_value`` (the exit value once its data ended), so the
+    book's growth between two trades is a ratio of marks; a holding sold at its last close before
+    a trade is cash at that trade's open and counts as cash in its turnover, as in :func:`trade`.
+    """
+    k_trades, n = clean.shape[0], start_units.shape[0]
+    # An untradable asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
+    open_safe = np.where(mark.tradable, mark.open_value, 1.0)
+    gone = mark.sold[trades - 1]  # (K, N) sold at a last close before the trade: cash by then
+    held_growth = np.zeros((k_trades, n))  # value at trade k's open of what was held after trade k - 1
+    growth = np.ones(k_trades)  # g_k: over the value after trade k - 1 (the start value 1.0 for k = 0)
+    if k_trades:
+        held_growth[0] = start_units * mark.open_value[trades[0]]
+        growth[0] = start_cash + float(np.add.reduce(held_growth[0]))
+        held_growth[1:] = clean[:-1, :n] * (mark.open_value[trades[1:]] / open_safe[trades[:-1]])
+        growth[1:] = np.add.reduce(held_growth[1:], axis=1) + clean[:-1, n]
+    drifted = np.where(gone, 0.0, held_growth) / growth[:, None]  # asset weights at each trade's open
+    turnover = np.add.reduce(np.abs(clean[:, :n] - drifted), axis=1)
+    v_after = np.cumprod(growth * (1.0 - rate * turnover))
+    v_open = np.empty(k_trades)
+    v_open[:1] = growth[:1]
+    v_open[1:] = v_after[:-1] * growth[1:]
+    costs = rate * turnover * v_open
+    seg_units = np.zeros((k_trades + 1, n))
+    seg_cash = np.empty(k_trades + 1)
+    seg_units[0], seg_cash[0] = start_units, start_cash
+    seg_units[1:] = clean[:, :n] * v_after[:, None] / open_safe[trades]
+    seg_cash[1:] = clean[:, n] * v_after
+    return seg_units, seg_cash, v_after, turnover, costs
+
+
 def simulate(
     open_: np.ndarray,
     close: np.ndarray,
@@ -207,6 +271,7 @@ def simulate(
     dates: Sequence[Any] | np.ndarray | None = None,
     symbols: Sequence[str] | None = None,
     haircut: float | None = None,
+    initial: np.ndarray | Sequence[float] | None = None,
 ) -> Result:
     """Run the accounting described in the module docstring, with assets whose data end sold at
     their last close and close-only days valued but not traded (:mod:`exits`).
@@ -223,6 +288,8 @@ def simulate(
     :param symbols: (N,) optional asset names, used in error messages and kept in the result.
     :param haircut: fraction of the last close lost on the forced sale of an asset whose data
         end, beyond the costs; None: configs/backtest.yaml ``delisting_haircut``.
+    :param initial: (N + 1,) weights held at the close of row 0 (value 1.0), cash last; default
+        all cash.
     :raises ValueError: bad shapes, invalid weights, a weight on an asset that cannot be traded
         at the open (naming the symbol and the trade day), or a held asset with a missing price.
     """
@@ -263,17 +330,23 @@ def simulate(
     # Clip float dust (e.g. -1e-17) and renormalise so weights stay exactly valid.
     clean = np.clip(targets, 0.0, None)
     clean = clean / clean.sum(axis=1, keepdims=True) if days.size else clean
+    start = np.zeros(n + 1)
+    start[n] = 1.0
+    if initial is not None:
+        start = np.asarray(initial, dtype="float64").reshape(-1)
+        validate_weights(start, close[0], symbol_names=symbols, day=f"the start ({label(0)}'s close)")
+        start = np.clip(start, 0.0, None) / np.clip(start, 0.0, None).sum()
+    start_units = start[:n] / np.where(np.isnan(close[0]), 1.0, close[0])  # value 1.0 at row 0's close
 
-    # The sequential part, trade by trade: the holdings after each trade. Segment k covers the
-    # days [bounds[k], bounds[k + 1]) held with seg_units[k] and seg_cash[k] (segment 0: the
-    # capital 1.0 in cash, before the first trade).
-    seg_units = np.zeros((days.size + 1, n))
-    seg_cash = np.ones(days.size + 1)
-    v_after = np.empty(days.size)
-    units, cash = seg_units[0], 1.0
-    for k, t in enumerate(trades):
-        units, cash, v_after[k], turnover[k], costs[k] = trade(units, cash, clean[k], t, mark, rate)
-        seg_units[k + 1], seg_cash[k + 1] = units, cash
+    # The holdings after each trade. Segment k covers the days [bounds[k], bounds[k + 1]) held
+    # with seg_units[k] and seg_cash[k] (segment 0: the start, before the first trade).
+    held_before = np.vstack([start_units[None, :] > 0, clean[:-1, :n] > 0]) if days.size else np.zeros((0, n), bool)
+    if (held_before & mark.close_only[trades]).any():
+        seg_units, seg_cash, v_after, turnover[:], costs[:] = _trades_sequential(
+            start_units, start[n], clean, trades, mark, rate)
+    else:
+        seg_units, seg_cash, v_after, turnover[:], costs[:] = _trades_vectorised(
+            start_units, start[n], clean, trades, mark, rate)
 
     # Everything per day, at once: holdings repeated over their segment's days.
     bounds = np.concatenate([[0], trades, [t_days]])
@@ -298,6 +371,7 @@ def simulate(
     # trade and its cost is recorded.
     value_open = cash_daily + (mark.open_value * units_daily).sum(axis=1)
     value_open[trades] = v_after
+    value_open[0] = 1.0  # the anchor row's open precedes the start: the start value by convention
 
     returns = np.empty(t_days)
     returns[0] = 0.0

@@ -168,6 +168,12 @@ class Prices:
             chosen = chosen & np.isfinite(self.open[day + 1])
         return chosen
 
+    def eligible_days(self) -> np.ndarray:
+        """(T, N) :meth:`eligible` of every row at once."""
+        chosen = self.members.copy() if self.members is not None else np.isfinite(self.close) & np.isfinite(self.open)
+        chosen[:-1] &= np.isfinite(self.open[1:])
+        return chosen
+
     def seen_at(self, day: int) -> np.ndarray:
         """The closes a strategy deciding at row `day` sees: rows 0..day, with the decision
         day's close hidden (NaN) for the assets it may not weigh."""
@@ -248,8 +254,12 @@ def run_strategy(
     days = decision_days(prices.dates, start, end, s.rebalance_weekday)
     first, last = int(days[0]), int(np.flatnonzero(prices.dates == end)[0])
     # The strategy sees closes up to and including its decision day, nothing later, and the
-    # decision day's close only of the assets it may weigh (the universe's members that day).
-    targets = np.stack([strategy(prices.seen_at(d)) for d in days])
+    # decision day's close only of the assets it may weigh (the universe's members that day); one
+    # built on causal per-day signals (rules.DailyRule) gives every decision's weights at once.
+    if hasattr(strategy, "targets"):
+        targets = strategy.targets(prices.close, days)
+    else:
+        targets = np.stack([strategy(prices.seen_at(d)) for d in days])
     return simulate(
         prices.open[first : last + 1],
         prices.close[first : last + 1],

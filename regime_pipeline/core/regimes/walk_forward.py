@@ -42,6 +42,7 @@ import pandas as pd
 from regime_pipeline.configs import Split, universe, walk_forward
 from regime_pipeline.core.data.universe import only_members
 from regime_pipeline.core.features import daily as F
+from regime_pipeline.core.paths import storage_path
 from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.core.regimes.hmm import RegimeHMM
 from regime_pipeline.core.regimes.jump import JumpLabeler
@@ -420,11 +421,11 @@ def training_profile(name: str) -> dict[str, dict[str, Any]]:
 
 
 def detector_path(models_dir: Path, origin: int, target: str, kind: str) -> Path:
-    return Path(models_dir) / "walk_forward" / str(origin) / f"{target}_{kind}_detector.pt"
+    return storage_path(models_dir) / "walk_forward" / str(origin) / f"{target}_{kind}_detector.pt"
 
 
 def labelers_path(models_dir: Path, origin: int) -> Path:
-    return Path(models_dir) / "walk_forward" / str(origin) / "labelers.json"
+    return storage_path(models_dir) / "walk_forward" / str(origin) / "labelers.json"
 
 
 def _train_one(task: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The trade ledger: the book of the weekly rebalances, in its own DuckDB file.
 
-**Why its own file** (``data/ledger/<broker mode>.duckdb``, not tables in the warehouse): the
+**Why its own file** (``data/ledger/<broker mode>.duckdb``, not tables in the warehouse; in the
+cluster deployment a Postgres schema of its own, ``ledger_<broker mode>``): the
 warehouse belongs to the IO manager, which deletes and rewrites a partition's slice whenever an
 asset is re-materialized; the ledger is an append-only record of what a broker did, which no
 re-run may rewrite. A file per broker mode also keeps a paper book and a testnet book apart, and
@@ -25,9 +26,11 @@ between leaves intents with no outcome: :meth:`Ledger.reconcile` looks each up a
 its client order id and records what it finds, before anything new is sent. Outcomes are keyed
 by client order id, so nothing is ever recorded twice.
 
-**One rebalance at a time.** :meth:`Ledger.exclusive` holds an OS lock on ``<path>.lock`` for
-a whole rebalance, so two runs of the same week (a retry launched while the first still runs)
-cannot both look an order up, find nothing and send it.
+**One rebalance at a time.** :meth:`Ledger.exclusive` holds a lock for a whole rebalance, so two
+runs of the same week (a retry launched while the first still runs) cannot both look an order
+up, find nothing and send it: an OS lock on ``<path>.lock`` for a DuckDB file, a
+transaction-scoped advisory lock on Postgres (:mod:`regime_pipeline.core.database`). The lock
+is the book's, not one week's: week W+1 must not plan from a book that week W is still trading.
 
 **The book** (:meth:`Ledger.book`): cash = deposits, minus what buys paid, plus what sells
 received, minus fees charged in USDT; a position = bought minus sold minus fees charged in that
@@ -42,52 +45,49 @@ Units: quantities in base units, prices in USDT per unit, cash, equity and fees 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import duckdb
 import pandas as pd
 
+from regime_pipeline.core.database import Database, DuckDBFile, ExclusiveBusyError, PostgresSchema, create_tables, transaction
 from regime_pipeline.core.trading.brokers.base import Broker
-from regime_pipeline.core.dbfile import open_db, transaction
 from regime_pipeline.core.trading.orders import Fill, OrderOutcome, OrderRequest
 
+# DOUBLE is spelt per database ({double}): DuckDB's DOUBLE, Postgres's DOUBLE PRECISION.
 _SCHEMA = (
     "CREATE SEQUENCE IF NOT EXISTS ledger_seq",
     """CREATE TABLE IF NOT EXISTS deposits (
-        seq BIGINT PRIMARY KEY, asset VARCHAR NOT NULL, amount DOUBLE NOT NULL, note VARCHAR NOT NULL,
+        seq BIGINT PRIMARY KEY, asset VARCHAR NOT NULL, amount {double} NOT NULL, note VARCHAR NOT NULL,
         recorded_at TIMESTAMP NOT NULL DEFAULT current_timestamp)""",
     """CREATE TABLE IF NOT EXISTS plans (
-        week DATE PRIMARY KEY, data_through DATE NOT NULL, equity_before DOUBLE NOT NULL,
+        week DATE PRIMARY KEY, data_through DATE NOT NULL, equity_before {double} NOT NULL,
         drawdown_stop BOOLEAN NOT NULL, details VARCHAR NOT NULL,
         recorded_at TIMESTAMP NOT NULL DEFAULT current_timestamp)""",
     """CREATE TABLE IF NOT EXISTS order_intents (
         client_order_id VARCHAR PRIMARY KEY, seq BIGINT NOT NULL, week DATE NOT NULL, symbol VARCHAR NOT NULL,
-        side VARCHAR NOT NULL, quantity DOUBLE NOT NULL, price DOUBLE NOT NULL,
+        side VARCHAR NOT NULL, quantity {double} NOT NULL, price {double} NOT NULL,
         recorded_at TIMESTAMP NOT NULL DEFAULT current_timestamp)""",
     """CREATE TABLE IF NOT EXISTS orders (
         client_order_id VARCHAR PRIMARY KEY, seq BIGINT NOT NULL, week DATE NOT NULL, symbol VARCHAR NOT NULL,
-        side VARCHAR NOT NULL, status VARCHAR NOT NULL, requested_qty DOUBLE NOT NULL, filled_qty DOUBLE NOT NULL,
-        avg_price DOUBLE, quote_qty DOUBLE NOT NULL, exchange_order_id VARCHAR, reason VARCHAR NOT NULL,
+        side VARCHAR NOT NULL, status VARCHAR NOT NULL, requested_qty {double} NOT NULL, filled_qty {double} NOT NULL,
+        avg_price {double}, quote_qty {double} NOT NULL, exchange_order_id VARCHAR, reason VARCHAR NOT NULL,
         source VARCHAR NOT NULL, recorded_at TIMESTAMP NOT NULL DEFAULT current_timestamp)""",
     """CREATE TABLE IF NOT EXISTS fills (
         client_order_id VARCHAR NOT NULL, trade_id VARCHAR NOT NULL, seq BIGINT NOT NULL, week DATE NOT NULL,
-        symbol VARCHAR NOT NULL, side VARCHAR NOT NULL, quantity DOUBLE NOT NULL, price DOUBLE NOT NULL,
-        quote_qty DOUBLE NOT NULL, fee DOUBLE NOT NULL, fee_asset VARCHAR NOT NULL,
+        symbol VARCHAR NOT NULL, side VARCHAR NOT NULL, quantity {double} NOT NULL, price {double} NOT NULL,
+        quote_qty {double} NOT NULL, fee {double} NOT NULL, fee_asset VARCHAR NOT NULL,
         recorded_at TIMESTAMP NOT NULL DEFAULT current_timestamp, PRIMARY KEY (client_order_id, trade_id))""",
     """CREATE TABLE IF NOT EXISTS positions (
-        week DATE NOT NULL, symbol VARCHAR NOT NULL, quantity DOUBLE NOT NULL, price DOUBLE NOT NULL,
-        value DOUBLE NOT NULL, PRIMARY KEY (week, symbol))""",
+        week DATE NOT NULL, symbol VARCHAR NOT NULL, quantity {double} NOT NULL, price {double} NOT NULL,
+        value {double} NOT NULL, PRIMARY KEY (week, symbol))""",
     """CREATE TABLE IF NOT EXISTS equity (
-        week DATE PRIMARY KEY, equity_before DOUBLE NOT NULL, equity_after DOUBLE NOT NULL,
-        cash_after DOUBLE NOT NULL, drawdown_stop BOOLEAN NOT NULL,
+        week DATE PRIMARY KEY, equity_before {double} NOT NULL, equity_after {double} NOT NULL,
+        cash_after {double} NOT NULL, drawdown_stop BOOLEAN NOT NULL,
         recorded_at TIMESTAMP NOT NULL DEFAULT current_timestamp)""",
 )
 
@@ -130,7 +130,8 @@ class Reconciliation:
 class Ledger:
     """The book in the DuckDB file `path` (created with its tables if missing).
 
-    :param path: e.g. ``data/ledger/paper.duckdb``
+    :param path: a DuckDB file (e.g. ``data/ledger/paper.duckdb``) or a :class:`Database`
+        (a Postgres schema in the cluster)
     :param initial_cash: USDT deposited when the ledger is created; ignored afterwards
     :param base_assets: base asset -> symbol (``{"BTC": "BTCUSDT"}``), to book fees charged in
         a base asset; a fee in an asset outside it (and not the quote) is kept in ``fills`` but
@@ -140,7 +141,7 @@ class Ledger:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | Database,
         *,
         initial_cash: float,
         base_assets: Mapping[str, str] | None = None,
@@ -148,16 +149,16 @@ class Ledger:
     ) -> None:
         if not initial_cash > 0:
             raise ValueError(f"initial_cash must be > 0 USDT, got {initial_cash}")
-        self.path = str(path)
+        self.db: Database = path if isinstance(path, (DuckDBFile, PostgresSchema)) else DuckDBFile(path)
+        self.path = str(getattr(self.db, "path", self.db))
         self.quote = quote
         if base_assets is None:
             from regime_pipeline.configs import universe
 
             base_assets = {a.base: a.symbol for a in universe().assets}
         self.base_assets = dict(base_assets)
-        with open_db(self.path) as con, transaction(con):
-            for statement in _SCHEMA:
-                con.execute(statement)
+        with self.db.connect() as con, transaction(con):
+            create_tables(con, self.db, _SCHEMA)
             if con.execute("SELECT count(*) FROM deposits").fetchone()[0] == 0:
                 con.execute(
                     "INSERT INTO deposits (seq, asset, amount, note) VALUES (nextval('ledger_seq'), ?, ?, ?)",
@@ -169,36 +170,22 @@ class Ledger:
 
     @contextmanager
     def exclusive(self, wait_s: float = 60.0) -> Iterator[None]:
-        """Hold the ledger's rebalance lock (``<path>.lock``) while inside; wait up to `wait_s`.
+        """Hold the ledger's rebalance lock while inside; wait up to `wait_s`.
 
         :raises LedgerError: another process (or another ledger object) holds it still
         """
-        lock_path = Path(self.path + ".lock")
-        handle = lock_path.open("a")
-        deadline = time.monotonic() + wait_s
-        try:
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LedgerError(
-                            f"{lock_path} is held by another rebalance (waited {wait_s:g}s): one at a time"
-                        ) from None
-                    time.sleep(0.05)
+        with ExitStack() as held:
             try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        finally:
-            handle.close()
+                held.enter_context(self.db.exclusive("rebalance", wait_s=wait_s))
+            except ExclusiveBusyError as exc:
+                raise LedgerError(str(exc)) from None
+            yield
 
     # -- the book -----------------------------------------------------------------------
 
     def book(self) -> tuple[dict[str, float], float]:
         """``(positions, cash)``: base units held per symbol (non-zero only) and USDT cash."""
-        with open_db(self.path, read_only=True) as con:
+        with self.db.connect(read_only=True) as con:
             deposits = con.execute("SELECT asset, amount FROM deposits ORDER BY seq").fetchall()
             fills = con.execute(
                 "SELECT symbol, side, quantity, quote_qty, fee, fee_asset FROM fills ORDER BY seq, trade_id"
@@ -235,7 +222,7 @@ class Ledger:
     # -- reading ------------------------------------------------------------------------
 
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
-        with open_db(self.path, read_only=True) as con:
+        with self.db.connect(read_only=True) as con:
             return con.execute(sql, list(params)).df()
 
     @staticmethod
@@ -285,20 +272,20 @@ class Ledger:
 
     def week_close(self, week: dt.date) -> tuple[float, float] | None:
         """``(equity_after, cash_after)`` of a complete `week`, USDT; None if not complete."""
-        with open_db(self.path, read_only=True) as con:
+        with self.db.connect(read_only=True) as con:
             row = con.execute("SELECT equity_after, cash_after FROM equity WHERE week = ?", [week]).fetchone()
         return None if row is None else (float(row[0]), float(row[1]))
 
     def drawdown_history(self, before: dt.date) -> list[tuple[float, bool]]:
         """``(equity_before, drawdown_stop)`` of every week planned before `before`, oldest first."""
-        with open_db(self.path, read_only=True) as con:
+        with self.db.connect(read_only=True) as con:
             rows = con.execute(
                 "SELECT equity_before, drawdown_stop FROM plans WHERE week < ? ORDER BY week", [before]
             ).fetchall()
         return [(float(e), bool(s)) for e, s in rows]
 
     def plan(self, week: dt.date) -> StoredPlan | None:
-        with open_db(self.path, read_only=True) as con:
+        with self.db.connect(read_only=True) as con:
             row = con.execute(
                 "SELECT week, data_through, equity_before, drawdown_stop, details FROM plans WHERE week = ?", [week]
             ).fetchone()
@@ -306,8 +293,14 @@ class Ledger:
             return None
         return StoredPlan(row[0], row[1], float(row[2]), bool(row[3]), json.loads(row[4]))
 
+    def plan_details(self) -> dict[dt.date, dict[str, Any]]:
+        """Every planned week's recorded details, by week."""
+        with self.db.connect(read_only=True) as con:
+            rows = con.execute("SELECT week, details FROM plans ORDER BY week").fetchall()
+        return {week: json.loads(details) for week, details in rows}
+
     def last_planned_week(self) -> dt.date | None:
-        with open_db(self.path, read_only=True) as con:
+        with self.db.connect(read_only=True) as con:
             return con.execute("SELECT max(week) FROM plans").fetchone()[0]
 
     def is_complete(self, week: dt.date) -> bool:
@@ -317,7 +310,7 @@ class Ledger:
         """Intents (of `week`, or all) with no recorded outcome, in the order planned."""
         where = "AND i.week = ?" if week is not None else ""
         params = [week] if week is not None else []
-        with open_db(self.path, read_only=True) as con:
+        with self.db.connect(read_only=True) as con:
             rows = con.execute(
                 "SELECT i.client_order_id, i.week, i.symbol, i.side, i.quantity, i.price FROM order_intents i "
                 f"WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.client_order_id = i.client_order_id) {where} "
@@ -328,7 +321,7 @@ class Ledger:
 
     def outcomes(self, week: dt.date) -> list[OrderOutcome]:
         """The recorded outcomes of `week` with their fills, in the order recorded."""
-        with open_db(self.path, read_only=True) as con:
+        with self.db.connect(read_only=True) as con:
             orders = con.execute(
                 "SELECT client_order_id, symbol, side, status, requested_qty, filled_qty, avg_price, quote_qty, "
                 "exchange_order_id, reason FROM orders WHERE week = ? ORDER BY seq",
@@ -362,7 +355,7 @@ class Ledger:
         stray = [o.client_order_id for o in intents if o.week != week]
         if stray:
             raise LedgerError(f"intents {stray} are not of the week {week}")
-        with open_db(self.path) as con, transaction(con):
+        with self.db.connect() as con, transaction(con):
             if con.execute("SELECT count(*) FROM plans WHERE week = ?", [week]).fetchone()[0]:
                 raise LedgerError(f"the week {week} is planned already: a plan is written once")
             con.execute(
@@ -385,7 +378,7 @@ class Ledger:
         """
         if not outcome.final:
             raise LedgerError(f"{outcome.client_order_id}: {outcome.status!r} is not a final outcome")
-        with open_db(self.path) as con, transaction(con):
+        with self.db.connect() as con, transaction(con):
             intent = con.execute(
                 "SELECT week FROM order_intents WHERE client_order_id = ?", [outcome.client_order_id]
             ).fetchone()
@@ -398,7 +391,7 @@ class Ledger:
         return True
 
     @staticmethod
-    def _insert_outcome(con: duckdb.DuckDBPyConnection, week: dt.date, outcome: OrderOutcome, source: str) -> None:
+    def _insert_outcome(con: Any, week: dt.date, outcome: OrderOutcome, source: str) -> None:
         con.execute(
             "INSERT INTO orders (client_order_id, seq, week, symbol, side, status, requested_qty, filled_qty, avg_price, "
             "quote_qty, exchange_order_id, reason, source) VALUES (?, nextval('ledger_seq'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -432,7 +425,7 @@ class Ledger:
         positions, cash = self.book()
         values = {s: q * float(prices[s]) for s, q in positions.items()}
         equity_after = cash + sum(values.values())
-        with open_db(self.path) as con, transaction(con):
+        with self.db.connect() as con, transaction(con):
             if con.execute("SELECT count(*) FROM equity WHERE week = ?", [week]).fetchone()[0]:
                 raise LedgerError(f"the week {week} is complete already")
             for symbol in sorted(positions):

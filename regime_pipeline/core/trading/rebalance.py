@@ -199,6 +199,7 @@ def rebalance(
     after_submit: Callable[[OrderRequest, OrderOutcome], None] | None = None,
     log: Log | None = None,
     lock_wait_s: float = 60.0,
+    book: Mapping[str, Any] | None = None,
 ) -> RebalanceResult:
     """Rebalance the book to `target_weights` for the week starting `week_start` (see the module docstring).
 
@@ -217,6 +218,9 @@ def rebalance(
         it to simulate a crash between the two)
     :param log: receives a line per step (Dagster's ``context.log`` fits)
     :param lock_wait_s: how long to wait for another rebalance on the same ledger to finish
+    :param book: recorded with the week's plan: the book (policy and start) the target was
+        decided in (:class:`regime_pipeline.core.trading.book.Book`); ignored for a week
+        planned already
     :raises StaleDataError, LookAheadError: the data does not end on the day before the week
     :raises ValueError: `week_start` is not the rebalance weekday, the weights are invalid or
         weigh an asset without a price, or the ledger has traded a later week already
@@ -237,7 +241,7 @@ def rebalance(
     with ledger.exclusive(wait_s=lock_wait_s):
         return _rebalance(
             week_start, target_weights, prices, data_through, broker, ledger, limits, symbols, costs, tag,
-            after_submit, log,
+            after_submit, log, book,
         )
 
 
@@ -254,6 +258,7 @@ def _rebalance(
     tag: str,
     after_submit: Callable[[OrderRequest, OrderOutcome], None] | None,
     log: Log,
+    book: Mapping[str, Any] | None = None,
 ) -> RebalanceResult:
     """:func:`rebalance` once the arguments are resolved and the ledger's lock is held."""
     reconciliation = ledger.reconcile(broker, current_week=week_start)
@@ -277,7 +282,7 @@ def _rebalance(
     status: Status = "resumed" if stored is not None else "traded"
     if stored is None:
         stored = _plan_week(
-            week_start, target_weights, prices, data_through, ledger, limits, symbols, costs, tag, log
+            week_start, target_weights, prices, data_through, ledger, limits, symbols, costs, tag, log, book
         )
     else:
         log.info(f"week {week_start} was planned by an earlier run: resuming its recorded plan")
@@ -320,6 +325,7 @@ def _plan_week(
     costs: Costs,
     tag: str,
     log: Log,
+    book: Mapping[str, Any] | None = None,
 ) -> StoredPlan:
     """Check, limit and plan `week_start`, and write the plan and its intents to the ledger."""
     later = ledger.last_planned_week()
@@ -367,6 +373,8 @@ def _plan_week(
         "prices": used_prices,
         "skipped": [[s.symbol, s.side, s.quantity, s.price, s.notional, s.reason] for s in plan.skipped],
     }
+    if book is not None:
+        details["book"] = dict(book)
     ledger.write_plan(week_start, data_through, equity, drawdown.stop, details, plan.orders)
     log.info(
         f"week {week_start}: {len(plan.orders)} order(s) planned "

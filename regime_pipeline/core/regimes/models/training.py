@@ -12,11 +12,9 @@ the CPU.
 from __future__ import annotations
 
 import copy
-import hashlib
+import io
 import logging
-import os
 import random
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 
 from regime_pipeline.configs import load_yaml
+from regime_pipeline.core.paths import open_for_reading, storage_path, write_bytes_atomic
 from regime_pipeline.core.regimes.metrics import macro_f1
 
 FORMAT = "regime_classifier/1"
@@ -365,17 +364,10 @@ def save_model(path: str | Path, model: nn.Module, extra: Mapping[str, Any] | No
     }
     _check_plain(payload["hparams"], "hparams")
     _check_plain(payload["extra"], "extra")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    # A local file through a temporary file and a rename; on object storage one upload.
+    return write_bytes_atomic(storage_path(path), buffer.getvalue())
 
 
 def load_model(path: str | Path, build: Callable[[dict[str, Any]], nn.Module]) -> tuple[nn.Module, dict[str, Any]]:
@@ -387,11 +379,12 @@ def load_model(path: str | Path, build: Callable[[dict[str, Any]], nn.Module]) -
     :raises ValueError: the file is not a saved model, or its state_dict does not fit the model
         built from its hparams (naming the first mismatched key, the shapes, and the hparams)
     """
-    path = Path(path)
+    path = storage_path(path)
     if not path.exists():
         raise FileNotFoundError(f"load_model: no model file at {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with open_for_reading(path) as handle:
+            payload = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"load_model: {path} is not a readable torch model file: {exc}") from exc
     if not isinstance(payload, dict) or not {"state_dict", "hparams"} <= set(payload):

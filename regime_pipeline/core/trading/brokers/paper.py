@@ -12,8 +12,8 @@ pays for (fee included), and says so in its outcome's `reason`. A sell of more t
 rejected (insufficient balance), as Binance would; a sell exceeding the holding by float dust
 (1e-9 relative) sells the holding.
 
-The account (balances and orders) lives in its own DuckDB file, like an exchange's books apart
-from ours: it survives a crash of the process, so a restart can look an order up by its client
+The account (balances and orders) lives in its own DuckDB file (in the cluster, a Postgres schema
+of its own), like an exchange's books apart from ours: it survives a crash of the process, so a restart can look an order up by its client
 order id. Each order and its balance changes are written in one transaction. Submitting an id
 the account already has returns that order, never a second fill.
 """
@@ -24,28 +24,29 @@ import math
 import os
 from collections.abc import Mapping
 
-import duckdb
+from typing import Any
 
-from regime_pipeline.core.dbfile import open_db, transaction
+from regime_pipeline.core.database import Database, DuckDBFile, PostgresSchema, create_tables, transaction
 from regime_pipeline.core.trading.orders import Fill, OrderOutcome, OrderRequest
 from regime_pipeline.core.allocation.portfolio import Costs
 
 # A sell above the holding by at most this relative amount is float dust: the holding is sold.
 DUST = 1e-9
 
+# DOUBLE is spelt per database ({double}).
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS paper_account (asset VARCHAR PRIMARY KEY, amount DOUBLE NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS paper_account (asset VARCHAR PRIMARY KEY, amount {double} NOT NULL)",
     """CREATE TABLE IF NOT EXISTS paper_orders (
         seq BIGINT NOT NULL,
         client_order_id VARCHAR PRIMARY KEY,
         symbol VARCHAR NOT NULL,
         side VARCHAR NOT NULL,
         status VARCHAR NOT NULL,
-        requested_qty DOUBLE NOT NULL,
-        filled_qty DOUBLE NOT NULL,
-        fill_price DOUBLE,
-        quote_qty DOUBLE NOT NULL,
-        fee DOUBLE NOT NULL,
+        requested_qty {double} NOT NULL,
+        filled_qty {double} NOT NULL,
+        fill_price {double},
+        quote_qty {double} NOT NULL,
+        fee {double} NOT NULL,
         reason VARCHAR NOT NULL,
         created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
     )""",
@@ -55,7 +56,7 @@ _SCHEMA = (
 class PaperBroker:
     """A simulated spot account in `path`, opened with `initial_cash` USDT the first time.
 
-    :param path: the account's DuckDB file (created if missing)
+    :param path: the account's DuckDB file (created if missing), or a :class:`Database`
     :param initial_cash: USDT credited when the account is created; ignored afterwards
     :param costs: fee and slippage per side (default: ``configs/backtest.yaml``)
     :param quote: the quote asset of every symbol
@@ -64,16 +65,16 @@ class PaperBroker:
     name = "paper"
 
     def __init__(
-        self, path: str | os.PathLike, *, initial_cash: float, costs: Costs | None = None, quote: str = "USDT"
+        self, path: str | os.PathLike | Database, *, initial_cash: float, costs: Costs | None = None, quote: str = "USDT"
     ) -> None:
         if not initial_cash > 0:
             raise ValueError(f"initial_cash must be > 0 USDT, got {initial_cash}")
-        self.path = str(path)
+        self.db: Database = path if isinstance(path, (DuckDBFile, PostgresSchema)) else DuckDBFile(path)
+        self.path = str(getattr(self.db, "path", self.db))
         self.costs = costs if costs is not None else Costs.from_config()
         self.quote = quote
-        with open_db(self.path) as con, transaction(con):
-            for statement in _SCHEMA:
-                con.execute(statement)
+        with self.db.connect() as con, transaction(con):
+            create_tables(con, self.db, _SCHEMA)
             if con.execute("SELECT count(*) FROM paper_account").fetchone()[0] == 0:
                 con.execute("INSERT INTO paper_account VALUES (?, ?)", [quote, float(initial_cash)])
 
@@ -84,7 +85,7 @@ class PaperBroker:
 
     def submit(self, order: OrderRequest) -> OrderOutcome:
         """Fill `order` (see the module docstring), or return the order already under its id."""
-        with open_db(self.path) as con, transaction(con):
+        with self.db.connect() as con, transaction(con):
             existing = self._find(con, order.client_order_id)
             if existing is not None:
                 return existing
@@ -107,11 +108,11 @@ class PaperBroker:
             return outcome
 
     def lookup(self, order: OrderRequest) -> OrderOutcome | None:
-        with open_db(self.path, read_only=True) as con:
+        with self.db.connect(read_only=True) as con:
             return self._find(con, order.client_order_id)
 
     def balances(self) -> dict[str, float]:
-        with open_db(self.path, read_only=True) as con:
+        with self.db.connect(read_only=True) as con:
             rows = con.execute("SELECT asset, amount FROM paper_account ORDER BY asset").fetchall()
         return {asset: amount for asset, amount in rows if amount != 0}
 
@@ -169,7 +170,7 @@ class PaperBroker:
         )
         return outcome, changes
 
-    def _find(self, con: duckdb.DuckDBPyConnection, client_order_id: str) -> OrderOutcome | None:
+    def _find(self, con: Any, client_order_id: str) -> OrderOutcome | None:
         row = con.execute(
             "SELECT seq, symbol, side, status, requested_qty, filled_qty, fill_price, quote_qty, fee, reason "
             "FROM paper_orders WHERE client_order_id = ?",
