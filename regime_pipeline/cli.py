@@ -52,6 +52,8 @@ class Stage:
 
 STAGES = (
     Stage("bars", ("minute_bars", "daily_bars"), "daily"),
+    Stage("closes", ("daily_closes",), "none"),
+    Stage("universe", ("universe",), "daily"),
     Stage("garch", ("garch_params",), "none"),
     Stage("features", ("vol_features", "trend_features", "cross_features"), "daily"),
     Stage("forecast_models", ("vol_forecast_models",), "none"),
@@ -287,6 +289,8 @@ def summarize(data_dir: str, upto: str) -> str:
         from_minutes=("source", lambda s: int((s == "minutes").sum())), last_close=("close", "last"),
     ).sort_values("first").to_string()]
     names = [s.name for s in STAGES]
+    if names.index(upto) >= names.index("universe"):
+        out.append(universe_summary(database))
     if names.index(upto) >= names.index("forecast_reports"):
         out.append(forecast_summary(data_dir))
     if names.index(upto) >= names.index("labels"):
@@ -332,6 +336,21 @@ def summarize(data_dir: str, upto: str) -> str:
     if names.index(upto) >= names.index("rebalance"):
         out += ["", (Path(data_dir) / "reports" / "weekly_rebalance.md").read_text()]
     return "\n".join(out)
+
+
+def universe_summary(database: str) -> str:
+    """The universe's mode, its membership changes and the members of its last day."""
+    from regime_pipeline.configs import universe
+    from regime_pipeline.core.data.universe import changes
+
+    rows = read_table(database, "universe")
+    table = changes(rows)
+    last = rows.loc[rows["member"] & (rows["date"] == rows["date"].max()), "symbol"]
+    members = rows.loc[rows["member"]].groupby("symbol").size().sort_values(ascending=False)
+    per_asset = ", ".join(f"{symbol.removesuffix('USDT')} {days}" for symbol, days in members.items())
+    names = ", ".join(sorted(symbol.removesuffix("USDT") for symbol in last))
+    return (f"\nUniverse ({universe().mode}): {len(table)} membership changes; members on {rows['date'].max()}: {names}\n"
+            f"Member-days per asset: {per_asset}")
 
 
 def walk_forward_summary(data_dir: str) -> str:

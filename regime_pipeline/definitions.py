@@ -5,14 +5,14 @@ from typing import Any
 import dagster as dg
 
 from regime_pipeline.assets import (
-    allocation, bars, detectors, features, forecasts, regimes, trading, walk_forward, walk_forward_allocation,
+    allocation, bars, detectors, features, forecasts, regimes, trading, universe, walk_forward, walk_forward_allocation,
 )
 from regime_pipeline.recovery import dead_run_sensor
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.deployment import executor_from_env
 
 all_assets = dg.load_assets_from_modules(
-    [bars, features, forecasts, regimes, detectors, walk_forward, allocation, walk_forward_allocation, trading]
+    [bars, universe, features, forecasts, regimes, detectors, walk_forward, allocation, walk_forward_allocation, trading]
 )
 
 bars_job = dg.define_asset_job(
@@ -32,7 +32,7 @@ features_job = dg.define_asset_job(
 daily_update_job = dg.define_asset_job(
     "daily_update_job",
     selection=dg.AssetSelection.assets(
-        "minute_bars", "daily_bars", "vol_features", "trend_features", "cross_features", "vol_forecasts",
+        "minute_bars", "daily_bars", "universe", "vol_features", "trend_features", "cross_features", "vol_forecasts",
         "regime_probabilities",
     ),
     description="Ingest a day of 1-minute bars and compute its daily bar, features, forecasts and regime probabilities.",

@@ -1,8 +1,15 @@
-"""Shared fixtures: a throw-away data directory and a Dagster instance per test."""
+"""Shared fixtures: a throw-away data directory and a Dagster instance per test.
+
+Tests run on the fixed universe (the 13 survivors) unless they choose the point-in-time one
+(:func:`universe_mode`), so the behaviour of each stage is tested on the data it always had, and
+the point-in-time universe by the tests written for it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -10,9 +17,40 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from regime_pipeline.configs import PROJECT_ROOT
+os.environ.setdefault("REGIME_UNIVERSE", "fixed")
+
+from regime_pipeline.configs import PROJECT_ROOT  # noqa: E402
 
 EMBEDDED = PROJECT_ROOT / "data" / "embedded"
+
+
+@contextlib.contextmanager
+def universe_mode(mode: str):
+    """Run the enclosed code with configs/universe.yaml's `mode` set to `mode`."""
+    from regime_pipeline.configs import UNIVERSE_ENV, universe
+
+    before = os.environ.get(UNIVERSE_ENV)
+    os.environ[UNIVERSE_ENV] = mode
+    universe.cache_clear()
+    try:
+        yield universe()
+    finally:
+        if before is None:
+            os.environ.pop(UNIVERSE_ENV, None)
+        else:
+            os.environ[UNIVERSE_ENV] = before
+        universe.cache_clear()
+
+
+def embedded_universe(bars: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The `universe` table of the configured mode on the embedded bars of every candidate
+    (or on `bars`), as the `universe` asset stores it."""
+    from regime_pipeline.configs import history_start, load_yaml, universe
+    from regime_pipeline.core.data.universe import membership
+
+    bars = embedded_daily_bars(universe().symbols) if bars is None else bars
+    last = max(bars["date"]) + dt.timedelta(days=1)
+    return membership(bars, history_start(), last, universe(), int(load_yaml("backtest")["rebalance_weekday"]))
 
 
 @pytest.fixture
@@ -74,14 +112,34 @@ def check_results(result) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def embedded_daily_bars() -> pd.DataFrame:
-    """The embedded daily klines in the `daily_bars` table's shape (source='klines')."""
+def embedded_daily_bars(symbols: list[str] | None = None) -> pd.DataFrame:
+    """The embedded daily klines of `symbols` (default: the 13 of the fixed universe) in the
+    `daily_bars` table's shape (source='klines')."""
+    from regime_pipeline.configs import universe
     from regime_pipeline.core.data.bars import DAILY_BAR_COLUMNS
 
     frame = pd.read_parquet(EMBEDDED / "daily_klines.parquet")
+    frame = frame.loc[frame["symbol"].isin(universe().fixed if symbols is None else symbols)]
     frame = frame.assign(source="klines", n_minutes=pd.array([pd.NA] * len(frame), dtype="Int32"))
     frame["date"] = pd.to_datetime(frame["date"]).dt.date
     return frame[DAILY_BAR_COLUMNS].sort_values(["date", "symbol"]).reset_index(drop=True)
+
+
+def embedded_daily_closes() -> pd.DataFrame:
+    """The embedded close-only days (``date, symbol, close``), as the `daily_closes` asset stores them."""
+    frame = pd.read_parquet(EMBEDDED / "daily_closes.parquet")
+    frame["date"] = pd.to_datetime(frame["date"]).dt.date
+    return frame[["date", "symbol", "close"]].reset_index(drop=True)
+
+
+def write_universe_tables(database: str, bars: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Store the `universe` of the configured mode (on `bars`, default every candidate's embedded
+    bars) and the embedded `daily_closes`, as the allocation and trading stages read them; return
+    the universe rows."""
+    rows = embedded_universe(bars)
+    write_table(database, "universe", rows)
+    write_table(database, "daily_closes", embedded_daily_closes())
+    return rows
 
 
 def train_window() -> tuple[dt.date, dt.date]:
@@ -106,12 +164,14 @@ def params(bars):
     return fit_garch(bars, *train_window())
 
 
-def synthetic_probabilities(seed: int = 0, classes: tuple[int, int, int] = (2, 2, 3)) -> pd.DataFrame:
-    """Random detector output shaped like `regime_probabilities` for every embedded daily bar:
-    per (date, symbol) `classes[0]` vol and `classes[1]` trend class probabilities
-    (``vol_0, ...``, ``trend_0, ...``), and the date's `classes[2]` cross probabilities
-    (``cross_0, ...``) repeated on each of its rows."""
-    keys = embedded_daily_bars()[["date", "symbol"]].reset_index(drop=True)
+def synthetic_probabilities(
+    seed: int = 0, classes: tuple[int, int, int] = (2, 2, 3), symbols: list[str] | None = None,
+) -> pd.DataFrame:
+    """Random detector output shaped like `regime_probabilities` for every embedded daily bar (of
+    `symbols`, default the fixed 13): per (date, symbol) `classes[0]` vol and `classes[1]` trend
+    class probabilities (``vol_0, ...``, ``trend_0, ...``), and the date's `classes[2]` cross
+    probabilities (``cross_0, ...``) repeated on each of its rows."""
+    keys = embedded_daily_bars(symbols)[["date", "symbol"]].reset_index(drop=True)
     rng = np.random.default_rng(seed)
     dates = np.array(sorted(set(keys["date"])))
     columns = {}
@@ -133,9 +193,10 @@ def write_table(database: str, table: str, frame: pd.DataFrame) -> None:
 
 
 def write_detector_inputs(data_dir: Path, symbols: list[str] | None = None) -> dict[str, pd.DataFrame]:
-    """Store what the stages before the detectors leave, for `symbols` (default: all embedded):
-    daily bars, the three feature tables and regime labels from HMMs fit on the train split, in
-    the warehouse, and a fixed feature selection under ``models/``. Returns the tables."""
+    """Store what the stages before the detectors leave, for `symbols` (default: the fixed 13):
+    daily bars, the three feature tables, the universe and regime labels from HMMs fit on the
+    train split, in the warehouse, and a fixed feature selection under ``models/``. Returns the
+    tables."""
     import json
 
     from regime_pipeline.configs import splits
@@ -153,6 +214,7 @@ def write_detector_inputs(data_dir: Path, symbols: list[str] | None = None) -> d
         "vol_features": F.vol_features(bars, params, first, end),
         "trend_features": F.trend_features(bars, first, end),
         "cross_features": F.cross_features(bars, first, end),
+        "universe": embedded_universe(bars),
     }
     config = regimes.settings()
     models = regimes.RegimeModels(

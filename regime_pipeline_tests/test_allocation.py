@@ -242,7 +242,7 @@ def test_a_training_job_sees_no_day_of_its_selection_window_or_after() -> None:
         assert job.train_data.probs.shape[0] == job.train_data.prices.dates.size
         assert job.val_data.prices.dates[-1] == VAL[1]
         env = job.make_env()
-        assert env.ends[-1] == env._close0.shape[0] - 1  # the env ends on the last training day
+        assert env.ends[-1] == env._marks.close_value.shape[0] - 1  # the env ends on the last training day
         assert env.no_trade_band == job.config.no_trade_band
     with pytest.raises(ValueError, match="must follow"):
         ppo.training_jobs(_data(), TRAIN, (D(2020, 6, 1), D(2021, 6, 30)), ppo.settings("fast"))

@@ -24,7 +24,7 @@ from regime_pipeline.definitions import all_assets
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.artifacts import sha256_file
 from regime_pipeline.resources.warehouse import read_table
-from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities, write_table
+from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities, write_table, write_universe_tables
 
 FAST = {"ops": {"ppo_policy": {"config": {"profile": "fast"}}}}
 
@@ -46,6 +46,7 @@ def materialized(tmp_path_factory):
     write_table(database, "daily_bars", embedded_daily_bars())
     write_table(database, "regime_probabilities", synthetic_probabilities())
     write_table(database, "vol_forecasts", _forecasts())
+    write_universe_tables(database)
     resources = build_resources(str(data_dir))
     with dg.instance_for_test() as instance:
         policy = dg.materialize(all_assets, selection=["ppo_policy"], resources=resources, instance=instance, run_config=FAST)

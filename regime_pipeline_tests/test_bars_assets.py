@@ -74,7 +74,21 @@ def test_late_listings_are_absent_not_filled(resources, data_dir, instance):
     assert first["BTCUSDT"] == dt.date(2020, 8, 1)
     assert not bars[["open", "high", "low", "close", "volume"]].isna().any().any()
     per_day = bars.groupby("date").symbol.nunique()
-    assert per_day[dt.date(2020, 8, 1)] == 10 and per_day[dt.date(2020, 9, 30)] == 13
+    # The 13 survivors have 10 and 13 assets on these days; the candidates 18 and 23.
+    assert per_day[dt.date(2020, 8, 1)] == 18 and per_day[dt.date(2020, 9, 30)] == 23
+    assert first["LUNAUSDT"] == dt.date(2020, 8, 21)
+
+
+def test_an_assets_bars_end_with_its_data(resources, data_dir, instance):
+    """LUNA's last bar is its collapse (2022-05-13); LUNAUSDT rows after it are another asset and
+    never appear. The coverage check counts no missing day after an asset's last bar."""
+    result = materialize_range(BARS, "2022-05-10", "2022-05-16", resources, instance)
+    assert result.success and all(check_results(result).values())
+    bars = _bars(data_dir)
+    luna = bars[bars.symbol == "LUNAUSDT"].set_index("date")
+    assert luna.index.max() == dt.date(2022, 5, 13)
+    assert luna.loc[dt.date(2022, 5, 13), "close"] == 0.00005
+    assert set(bars[bars.date == dt.date(2022, 5, 16)].symbol) == set(universe().trading(dt.date(2022, 5, 16), dt.date(2022, 5, 17)))
 
 
 def test_rematerializing_is_idempotent(resources, data_dir, instance):
@@ -87,7 +101,7 @@ def test_rematerializing_is_idempotent(resources, data_dir, instance):
     # A neighbouring range adds its own rows and leaves these alone.
     assert materialize_range(BARS, "2021-10-06", "2021-10-07", resources, instance).success
     after = _bars(data_dir)
-    assert len(after) == len(before) + 2 * 13
+    assert len(after) == len(before) + 2 * len(universe().trading(dt.date(2021, 10, 6), dt.date(2021, 10, 8)))
     pd.testing.assert_frame_equal(after[after.date <= dt.date(2021, 10, 5)].reset_index(drop=True), before)
 
 
@@ -96,7 +110,8 @@ def test_one_partition_can_be_materialized_alone(resources, data_dir, instance):
     assert result.success
     bars = _bars(data_dir)
     assert list(bars.date.unique()) == [dt.date(2024, 2, 29)]
-    assert sorted(bars.symbol) == sorted(universe().symbols)
+    assert sorted(bars.symbol) == sorted(universe().trading(dt.date(2024, 2, 29), dt.date(2024, 3, 1)))
+    assert "MATICUSDT" in set(bars.symbol) and "LUNAUSDT" not in set(bars.symbol)
 
 
 def test_bad_input_fails_naming_the_file_and_keeps_stored_bars(data_dir, instance, tmp_path):
@@ -151,9 +166,10 @@ def test_live_source_ingests_resumes_after_a_failure_and_reconciles(data_dir, in
     from regime_pipeline_tests.fake_binance import Scripted, unavailable
 
     resources = build_resources(str(data_dir), MarketData(source="ccxt", api_url=fake_binance.url, max_retries=0))
-    # The daily klines of the 13 symbols come first (one page each, to verify the minute days
-    # against); then BTCUSDT's minutes: its first two days (two pages each) arrive, then Binance fails.
-    fake_binance.script("/api/v3/klines", *[Scripted()] * (13 + 4), unavailable())
+    # The daily klines of the symbols trading then come first (one page each, to verify the minute
+    # days against); then BTCUSDT's minutes: its first two days (two pages each) arrive, then Binance fails.
+    trading = universe().trading(dt.date(2021, 9, 20), dt.date(2021, 9, 24))
+    fake_binance.script("/api/v3/klines", *[Scripted()] * (len(trading) + 4), unavailable())
     with pytest.raises(FetchError, match=r"BTCUSDT.*1 attempt"):
         materialize_range([minute_bars], "2021-09-20", "2021-09-23", resources, instance)
     lake = MinuteLake(data_dir / "lake" / "minute_bars")
@@ -169,10 +185,39 @@ def test_live_source_ingests_resumes_after_a_failure_and_reconciles(data_dir, in
     bars = _bars(data_dir)
     assert (bars[bars.symbol.isin(["BTCUSDT", "ETHUSDT", "AVAXUSDT"])].source == "minutes").all()
     assert (bars[bars.symbol == "BNBUSDT"].source == "klines").all()
-    assert len(bars) == 4 * 13
+    assert len(bars) == 4 * len(trading)
 
 
-# A folder of files for 5 of the 13 symbols, each at another interval.
+def test_close_only_days_are_stored_apart_and_checked(resources, data_dir, instance):
+    from regime_pipeline.assets.bars import daily_closes
+
+    result = dg.materialize([daily_closes], resources=resources, instance=instance)
+    assert result.success and check_results(result) == {"closes_only_where_configured": True}
+    closes = read_table(str(data_dir / "warehouse.duckdb"), "daily_closes")
+    assert set(closes["symbol"]) == {"FTTUSDT"} and len(closes) == 35
+    assert pd.to_datetime(closes["date"]).dt.date.min() == universe()["FTTUSDT"].last_bar + dt.timedelta(days=1)
+
+
+def test_a_symbols_rows_after_its_last_bar_are_never_joined_to_it():
+    """A live source asked for LUNAUSDT returns Terra 2.0 after 2022-05-31: those rows are dropped."""
+    from regime_pipeline.assets.bars import within_spans
+
+    rows = pd.DataFrame({"symbol": ["LUNAUSDT", "LUNAUSDT", "LUNAUSDT", "BTCUSDT"],
+                         "date": [dt.date(2022, 5, 13), dt.date(2022, 5, 31), dt.date(2022, 6, 1), dt.date(2022, 6, 1)],
+                         "close": [0.00005, 8.87, 7.1, 31_000.0]})
+    warnings = []
+
+    class Log:
+        def warning(self, message):
+            warnings.append(message)
+
+    kept = within_spans(rows, Log())
+    assert kept["date"].tolist() == [dt.date(2022, 5, 13), dt.date(2022, 6, 1)]
+    assert kept["symbol"].tolist() == ["LUNAUSDT", "BTCUSDT"]
+    assert warnings and "LUNAUSDT 2" in warnings[0]
+
+
+# A folder of files for 5 of the candidate symbols, each at another interval.
 HELD = {"BTCUSDT": "minutes", "ETHUSDT": "5m", "SOLUSDT": "1h", "ADAUSDT": "4h", "XRPUSDT": "klines"}
 PARTIAL_DAYS = ("2021-10-01", "2021-10-03")  # intraday files; 1d files reach back over the features' look-back
 
@@ -201,11 +246,11 @@ def _partial_folder(folder: Path) -> None:
     window = (days[0], days[-1] + dt.timedelta(days=1))
     write_freqtrade_json(folder / "SOL_USDT-1h.json", bars_of("1h", "SOLUSDT", *window))
     write_freqtrade_feather(folder / "ADA_USDT-4h.feather", bars_of("4h", "ADAUSDT", *window))
-    # A pair outside the universe: skipped with a warning, not an error for every read.
-    write_csv(folder / "daily" / "MATICUSDT-1d-2021-10.csv", bulk_lines(klines("BTCUSDT", *window), interval="1d"))
+    # A pair outside the candidates: skipped with a warning, not an error for every read.
+    write_csv(folder / "daily" / "PEPEUSDT-1d-2021-10.csv", bulk_lines(klines("BTCUSDT", *window), interval="1d"))
 
 
-def test_a_folder_with_five_of_the_thirteen_symbols_builds_their_bars_and_names_the_other_eight(data_dir, instance, tmp_path):
+def test_a_folder_with_five_of_the_candidates_builds_their_bars_and_names_the_others(data_dir, instance, tmp_path):
     from regime_pipeline.definitions import all_assets
 
     folder = tmp_path / "drop"
@@ -214,12 +259,12 @@ def test_a_folder_with_five_of_the_thirteen_symbols_builds_their_bars_and_names_
     assert materialize_range([minute_bars], *PARTIAL_DAYS, resources, instance).success
     # The features of 2021-10-03 read 189 days of bars.
     result = materialize_range([daily_bars], "2021-03-28", PARTIAL_DAYS[1], resources, instance)
+    assert materialize_range(all_assets, "2021-03-28", PARTIAL_DAYS[1], resources, instance, selection=["universe"]).success
 
     assert result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     coverage = evaluations["coverage"]
-    others = [s for s in universe().symbols if s not in HELD]
-    assert len(others) == 8
+    others = [s for s in universe().trading(dt.date(2021, 3, 28), dt.date(2021, 10, 4)) if s not in HELD]
     assert not coverage.passed and coverage.severity == dg.AssetCheckSeverity.WARN
     assert coverage.metadata["no_data_for"].value == ", ".join(others)
     assert coverage.metadata["missing_days"].value == 0
@@ -253,7 +298,7 @@ def test_coverage_warns_only_for_symbols_without_any_data_and_still_blocks_missi
     from regime_pipeline_tests.conftest import embedded_daily_bars
 
     start, end = dt.date(2024, 3, 1), dt.date(2024, 3, 4)
-    every = embedded_daily_bars()
+    every = embedded_daily_bars(universe().symbols)
     every = every[(every["date"] >= start) & (every["date"] < end)].reset_index(drop=True)
     no_klines = every.iloc[:0][["symbol", "date", "open", "high", "low", "close", "volume"]]
     absent = ["DOGEUSDT", "XLMUSDT"]
@@ -274,5 +319,5 @@ def test_coverage_warns_only_for_symbols_without_any_data_and_still_blocks_missi
     # No data for any symbol is an empty or wrong source, not a partial one.
     nothing = coverage(every.iloc[:0], universe().symbols)
     assert not nothing.passed and nothing.severity == dg.AssetCheckSeverity.ERROR
-    assert nothing.metadata["missing_days"].value == 13 * 3
+    assert nothing.metadata["missing_days"].value == len(universe().trading(start, end)) * 3
     assert coverage(every, []).passed

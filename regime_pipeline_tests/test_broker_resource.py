@@ -63,7 +63,7 @@ def test_the_testnet_mode_needs_the_keys_and_never_shows_them(monkeypatch: pytes
 def test_an_asset_rebalances_through_the_resource(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name, value in KEYS.items():
         monkeypatch.setenv(name, value)
-    symbols = universe().symbols
+    symbols = universe().candidates
     prices = dict(zip(symbols, [40_000.0, 2_000.0, 300.0, 0.5, 0.4, 100.0, 0.08, 0.1, 70.0, 15.0, 6.0, 30.0, 0.12]))
     target = np.zeros(len(symbols) + 1)
     target[[0, 1, -1]] = [0.3, 0.3, 0.4]

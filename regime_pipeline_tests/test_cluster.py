@@ -37,7 +37,9 @@ from regime_pipeline.resources.warehouse import read_table
 from regime_pipeline.resources.warehouse_postgres import write_postgres_table
 from regime_pipeline_tests import cluster_jobs
 from regime_pipeline_tests.cluster_services import ServiceUnavailable, local_postgres, local_s3
-from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities, write_instance_yaml, write_table
+from regime_pipeline_tests.conftest import (
+    embedded_daily_bars, embedded_daily_closes, embedded_universe, synthetic_probabilities, write_instance_yaml, write_table,
+)
 from regime_pipeline_tests.test_trading_assets import LATEST as DEPLOYED_ORIGIN
 from regime_pipeline_tests.test_trading_assets import _policy, _walk_forward_probabilities
 
@@ -134,12 +136,15 @@ def earlier_stages():
         "cross_features": F.cross_features(bars, first, end),
         "regime_probabilities": _named_probabilities(),
         "walk_forward_probabilities": _walk_forward_probabilities(),
+        "universe": embedded_universe(bars),
+        "daily_closes": embedded_daily_closes(),
     }
     dets = _random_detectors(tables)
     from regime_pipeline.core.allocation import policy as allocation
 
     forward = synthetic_probabilities(seed=0)
-    data = allocation.allocation_data(bars, forward.loc[pd.to_datetime(forward["date"]).dt.year >= 2020])
+    data = allocation.allocation_data(bars, forward.loc[pd.to_datetime(forward["date"]).dt.year >= 2020],
+                                      tables["daily_closes"], tables["universe"])
     dim = allocation.make_env(data, dt.date(2025, 1, 1), dt.date(2025, 2, 1)).observation_space.shape[0]
     deployed = {"policy": _policy(dim).to_dict(), "profile": "light", "origin": int(DEPLOYED_ORIGIN)}
     models = {
@@ -198,6 +203,15 @@ def _same(local: pd.DataFrame, cluster: pd.DataFrame, keys: list[str], what: str
     pd.testing.assert_frame_equal(local, cluster, check_exact=True, obj=what)
 
 
+def _candidate_rows(first: dt.date, last: dt.date) -> int:
+    """Daily bars a bars run over ``first..last`` stores: one per day of every candidate with
+    embedded data that day (the data cover every candidate, whatever the universe's mode)."""
+    from regime_pipeline.configs import universe
+
+    bars = embedded_daily_bars(universe().symbols)
+    return int(((bars["date"] >= first) & (bars["date"] <= last)).sum())
+
+
 def test_a_week_on_the_cluster_profile_stores_what_the_local_profile_stores(services, earlier_stages, tmp_path, monkeypatch):
     postgres, s3 = services
     from regime_pipeline.core.database import DuckDBFile, PostgresSchema
@@ -229,7 +243,7 @@ def test_a_week_on_the_cluster_profile_stores_what_the_local_profile_stores(serv
     # The week's rows are the pipeline's, not the seeded ones.
     week = read_table(url, "daily_bars", "date BETWEEN ? AND ?", [dt.date(2021, 9, 27), dt.date(2021, 10, 3)])
     from_minutes = int((week["source"] == "minutes").sum())
-    assert len(week) == 7 * 13 and from_minutes > 0
+    assert len(week) == _candidate_rows(dt.date(2021, 9, 27), dt.date(2021, 10, 3)) and from_minutes > 0
 
     from regime_pipeline.resources import build_resources
 
@@ -274,7 +288,7 @@ def test_two_runs_writing_disjoint_days_and_a_reader_at_once_all_succeed_and_los
     lake = build_resources()["storage"].lake()
     stored = lake.stored_days()
     bars = read_table(url, "daily_bars")
-    assert len(bars) == len(before) + 4 * 13
+    assert len(bars) == len(before) + _candidate_rows(dt.date(2021, 9, 27), dt.date(2021, 9, 30))
     written = bars.loc[bars["source"] == "minutes"]
     # Every day either run took from minutes is in the lake, each symbol's four days in one object.
     assert len(stored) == len(written) > 2 * 13

@@ -179,8 +179,8 @@ def test_output_contract_on_the_full_history(full):
 
 
 def test_late_listings_are_masked_until_the_group_history_is_full(full):
-    for symbol, listed in universe().listing_dates().items():
-        listed = max(listed, FIRST)
+    for symbol in universe().candidates:
+        listed = max(universe()[symbol].listed, FIRST)
         assert min(per_symbol(full["vol"], symbol)["date"]) == listed + (F.MIN_HISTORY_DAYS["vol"] - 1) * DAY
         assert min(per_symbol(full["trend"], symbol)["date"]) == listed + (F.MIN_HISTORY_DAYS["trend"] - 1) * DAY
     cross = full["cross"].set_index("date")["n_assets"]
@@ -476,7 +476,7 @@ def train_returns(bars: pd.DataFrame, symbol: str) -> pd.Series:
 
 
 def test_fit_garch_equals_arch_in_return_units(bars, params):
-    assert set(params) == set(universe().symbols)
+    assert set(params) == set(universe().candidates)
     for symbol in ("BTCUSDT", "SOLUSDT"):
         r = train_returns(bars, symbol)
         assert len(r) >= 800
@@ -487,7 +487,7 @@ def test_fit_garch_equals_arch_in_return_units(bars, params):
         assert p.alpha == pytest.approx(res.params["alpha[1]"], rel=1e-9)
         assert p.beta == pytest.approx(res.params["beta[1]"], rel=1e-9)
         assert p.var0 == pytest.approx(float(np.mean((r.to_numpy() - p.mu) ** 2)), rel=1e-12)
-    for symbol in universe().symbols:
+    for symbol in universe().candidates:
         assert len(train_returns(bars, symbol)) >= 800, symbol
     assert GarchParams.from_dict(params["BTCUSDT"].to_dict()) == params["BTCUSDT"]
 

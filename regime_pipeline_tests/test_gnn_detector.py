@@ -212,7 +212,7 @@ def test_late_listed_assets_masked_before_listing(bars, node_features):
     assert g.X.shape == (len(dates), N, len(COLUMNS)) and g.X.dtype == np.float32
     assert g.A.shape == (len(dates), N, N) and g.A.dtype == np.float32
     assert g.mask.shape == (len(dates), N) and g.mask.dtype == bool
-    assert g.symbols == tuple(universe().symbols)
+    assert g.symbols == tuple(universe().candidates)
     for symbol in ("SOLUSDT", "DOTUSDT", "AVAXUSDT"):
         i = g.symbols.index(symbol)
         before = g.dates < universe()[symbol].listed

@@ -22,7 +22,7 @@ def test_client_order_ids_are_deterministic_distinct_and_valid_for_binance() -> 
     ids = {
         client_order_id(week, symbol, side, tag)
         for week in (WEEK, WEEK + dt.timedelta(days=7))
-        for symbol in universe().symbols
+        for symbol in universe().candidates
         for side in ("buy", "sell")
         for tag in ("rp", "abcdefgh")
     }

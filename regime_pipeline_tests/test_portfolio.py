@@ -150,3 +150,32 @@ def test_bad_decision_days_refused() -> None:
         simulate(OPEN, CLOSE, TARGETS, [0, 3], 0.0)  # a decision on the last day cannot trade
     with pytest.raises(ValueError, match="decision days"):
         simulate(OPEN, CLOSE, TARGETS, [2, 2], 0.0)
+
+
+def test_the_vectorised_trades_equal_trade_by_trade_with_data_that_end_and_a_start_book() -> None:
+    """simulate's array path (no trade on a close-only day of a held asset) gives the holdings,
+    values, turnover and costs of portfolio.trade applied one rebalance after the other, with an
+    asset sold at its last close, one listed late, and a book that starts invested."""
+    from regime_pipeline.core.allocation import exits, portfolio
+
+    rng = np.random.default_rng(3)
+    t_days, n = 130, 4
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.03, (t_days, n)), axis=0))
+    open_ = close * np.exp(rng.normal(0.0, 0.01, (t_days, n)))
+    close[70:, 1] = open_[70:, 1] = np.nan  # its data end at the close of day 69
+    close[:12, 2] = open_[:12, 2] = np.nan  # listed on day 12
+    days = np.arange(0, t_days - 1, 7)
+    rate = 0.0015
+    mark = exits.marks(open_, close, rate, 0.05)
+    targets = rng.dirichlet(np.ones(n + 1), size=days.size)
+    targets[:, :n] *= mark.tradable[days + 1]
+    targets /= targets.sum(axis=1, keepdims=True)
+    start = np.array([0.3, 0.2, 0.0, 0.1, 0.4])
+    start_units = start[:n] / np.where(np.isnan(close[0]), 1.0, close[0])  # as simulate values the start
+    vectorised = portfolio._trades_vectorised(start_units, start[n], targets, days + 1, mark, rate)
+    sequential = portfolio._trades_sequential(start_units, start[n], targets, days + 1, mark, rate)
+    for a, b in zip(vectorised, sequential):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert sequential[3][days + 1 == 71].size == 1  # a trade after the sale: the sold units are cash there
+    result = simulate(open_, close, targets, days, rate, haircut=0.05, initial=start)
+    np.testing.assert_allclose(result.turnover, sequential[3], rtol=1e-12)

@@ -23,7 +23,7 @@ from regime_pipeline.core.trading.rebalance import rebalance
 from regime_pipeline.core.trading.risk import LookAheadError, RiskLimits, StaleDataError
 from regime_pipeline_tests.fake_binance import FakeBinance, FakeSpotAccount
 
-SYMBOLS = universe().symbols
+SYMBOLS = universe().candidates
 W1 = dt.date(2024, 1, 8)  # Mondays
 W2 = W1 + dt.timedelta(days=7)
 W3 = W2 + dt.timedelta(days=7)
@@ -38,7 +38,7 @@ CASH0 = 10_000.0
 
 def weights(**by_base: float) -> np.ndarray:
     """Weights by base asset (``BTC=0.3``), every other asset 0, the rest cash."""
-    bases = [a.base for a in universe().assets]
+    bases = [universe()[s].base for s in SYMBOLS]
     out = np.zeros(len(SYMBOLS) + 1)
     for base, value in by_base.items():
         out[bases.index(base)] = value
@@ -261,7 +261,7 @@ def test_orders_under_the_minimum_notional_are_dropped_and_reported(book: Book) 
 def test_bad_requests_are_refused(book: Book) -> None:
     with pytest.raises(ValueError, match="is a Tuesday"):
         book.run(W1 + dt.timedelta(days=1), TARGET)
-    with pytest.raises(ValueError, match="SOLUSDT, which has no price"):
+    with pytest.raises(ValueError, match="SOLUSDT, which cannot be traded at that open"):
         book.run(W1, TARGET, {s: p for s, p in PRICES.items() if s != "SOLUSDT"})
     book.run(W2, TARGET)
     with pytest.raises(ValueError, match="the book only moves forward"):

@@ -26,7 +26,7 @@ from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.artifacts import sha256_file
 from regime_pipeline.resources.market_data import MarketData
 from regime_pipeline.resources.warehouse import read_table
-from regime_pipeline_tests.conftest import check_results, embedded_daily_bars, materialize_range, write_table
+from regime_pipeline_tests.conftest import check_results, embedded_daily_bars, embedded_universe, materialize_range, write_table
 
 DAY = dt.timedelta(days=1)
 END = dt.date(2026, 1, 1)
@@ -44,6 +44,7 @@ def history() -> dict[str, pd.DataFrame]:
         "vol_features": F.vol_features(bars, params, first, END),
         "trend_features": F.trend_features(bars, first, END),
         "cross_features": F.cross_features(bars, first, END),
+        "universe": embedded_universe(bars),
     }
 
 
@@ -51,7 +52,7 @@ def history() -> dict[str, pd.DataFrame]:
 def warehouse(tmp_path_factory, history) -> Path:
     """A data directory whose warehouse holds daily bars and all features over the full history."""
     data_dir = tmp_path_factory.mktemp("data")
-    for table in ("daily_bars", "vol_features", "trend_features", "cross_features"):
+    for table in ("daily_bars", "vol_features", "trend_features", "cross_features", "universe"):
         write_table(str(data_dir / "warehouse.duckdb"), table, history[table])
     return data_dir
 
@@ -136,9 +137,9 @@ def test_feature_assets_read_only_their_lookback_and_match_the_full_history(data
     resources = build_resources(str(data_dir), MarketData(source="embedded"))
     first, last = dt.date(2024, 3, 1), dt.date(2024, 3, 7)
     lookback_start = first - dt.timedelta(days=F.LOOKBACK_DAYS)
-    # Bars for exactly the look-back and the range: nothing older exists in this warehouse.
+    # Bars (and the universe) for exactly the look-back and the range: nothing older exists in this warehouse.
     assert materialize_range(all_assets, lookback_start.isoformat(), last.isoformat(), resources, instance,
-                             selection=["daily_bars"]).success
+                             selection=["daily_bars", "universe"]).success
     (data_dir / "models").mkdir()
     (data_dir / "models" / "garch_params.json").write_text(
         json.dumps({s: p.to_dict() for s, p in history["garch_params"].items()}))

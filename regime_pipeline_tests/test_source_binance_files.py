@@ -611,7 +611,7 @@ def test_a_feather_date_off_the_grid_by_less_than_a_millisecond_is_refused(tmp_p
     assert (error.row, error.field) == (6, "date") and "not a whole millisecond" in str(error)
 
 
-@pytest.mark.parametrize("name", ["FOOUSDT-1m-2021-09-29.csv", "FOO_USDT-1d.json", "MATICUSDT-5m-2021-09.zip"])
+@pytest.mark.parametrize("name", ["FOOUSDT-1m-2021-09-29.csv", "FOO_USDT-1d.json", "PEPEUSDT-5m-2021-09.zip"])
 def test_a_file_for_a_symbol_outside_the_universe_is_skipped_with_a_warning(tmp_path: Path, name: str) -> None:
     write_csv(tmp_path / f"BTCUSDT-1m-{MAINTENANCE_DAY}.csv", bulk_lines(day_minutes(MAINTENANCE_DAY)))
     (tmp_path / name).write_text("[]")  # never read: an empty file would be an error

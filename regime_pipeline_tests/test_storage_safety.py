@@ -147,7 +147,7 @@ def files(data_dir: Path, folder: Path) -> dict:
 
 def klines_of(symbol: str, first: dt.date, last: dt.date) -> pd.DataFrame:
     """Real daily klines with an ``open_time`` column, as the file writers take them."""
-    frame = embedded_daily_bars()
+    frame = embedded_daily_bars(universe().symbols)
     frame = frame[(frame.symbol == symbol) & (frame.date >= first) & (frame.date <= last)].reset_index(drop=True)
     return frame.assign(open_time=pd.to_datetime(frame["date"]).astype("datetime64[ms]"))
 
@@ -167,7 +167,7 @@ def test_a_minute_file_cut_at_a_line_break_is_refused_and_nothing_stored_changes
     # BTC 2021-10-02 from its first 700 of 1,440 minutes: every line is a valid row.
     cut = write_csv(folder / "BTCUSDT-1m-2021-10-02.csv", bulk_lines(day_minutes(CUT_DAY))[:700])
     if with_klines:
-        for symbol in universe().symbols:
+        for symbol in universe().trading(OCT, LAST_OCT + dt.timedelta(days=1)):
             write_csv(folder / f"{symbol}-1d-2021-10.csv", bulk_lines(klines_of(symbol, OCT, LAST_OCT), interval="1d"))
 
     refetch = {"ops": {"minute_bars": {"config": {"refetch": True}}}}
@@ -186,7 +186,7 @@ def write_freqtrade_days(folder: Path, last: dt.date, written: str, partial_btc:
     """freqtrade 1d files of every symbol, 2021-09-01..`last`, stamped as written at `written` (UTC)."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = pd.Timestamp(written).timestamp()
-    for symbol in universe().symbols:
+    for symbol in universe().trading(dt.date(2021, 9, 1), last + dt.timedelta(days=1)):
         candles = klines_of(symbol, dt.date(2021, 9, 1), last)
         if partial_btc and symbol == "BTCUSDT":
             # BTC's 2021-10-03 as it stood at noon: high 48,100 (the day closed with a 49,228 high).
@@ -208,7 +208,7 @@ def test_a_freqtrade_candle_still_open_when_the_file_was_written_is_not_stored(t
     # 2021-10-03 was still open in every file: no bar for it, the coverage check fails before storing.
     assert not result.success and check_results(result)["coverage"] is False
     coverage = next(e for e in result.get_asset_check_evaluations() if e.check_name == "coverage")
-    assert coverage.metadata["missing_days"].value == 13
+    assert coverage.metadata["missing_days"].value == len(universe().trading(dt.date(2021, 10, 3), dt.date(2021, 10, 4)))
     assert snapshot(data_dir) == before
 
     # Written after the day closed, the same files hold the final candles: stored exactly as Binance's.
@@ -226,8 +226,8 @@ def test_a_failing_blocking_check_leaves_the_stored_bars_exactly_as_they_were(tm
     assert materialize_range(BARS, "2021-09-28", "2021-10-07", embedded(data_dir), instance).success
     before = snapshot(data_dir)
     rows = stored_bars(data_dir)
-    assert len(rows) == 10 * 13
-    # Rebuilding stored days from files for BTC only: 12 symbols have no bar, the coverage check fails.
+    assert len(rows) == 10 * len(universe().trading(dt.date(2021, 9, 28), dt.date(2021, 10, 8)))
+    # Rebuilding stored days from files for BTC only: the other symbols have no bar, the coverage check fails.
     folder = tmp_path / "btc_only"
     for month, (first, last) in {"09": (dt.date(2021, 9, 1), dt.date(2021, 9, 30)), "10": (OCT, LAST_OCT)}.items():
         write_csv(folder / f"BTCUSDT-1d-2021-{month}.csv", bulk_lines(klines_of("BTCUSDT", first, last), interval="1d"))

@@ -136,4 +136,4 @@ def test_print_yearly_totals(year: int) -> None:
             f"{year} {name:22s} total {s['total_return']:+8.2%}  sharpe {s['sharpe']:5.2f}  "
             f"maxDD {s['max_drawdown']:+7.2%}  turnover/yr {s['annual_turnover']:6.2f}"
         )
-    assert len(universe().symbols) == 13
+    assert len(universe().candidates) == 13

@@ -23,7 +23,9 @@ from regime_pipeline.core.trading.risk import RiskLimits, StaleDataError
 from regime_pipeline.definitions import all_assets, defs
 from regime_pipeline.partitions import POLICY_ORIGIN_NAMES
 from regime_pipeline.resources import build_resources
-from regime_pipeline_tests.conftest import check_results, embedded_daily_bars, synthetic_probabilities, write_table
+from regime_pipeline_tests.conftest import (
+    check_results, embedded_daily_bars, embedded_daily_closes, synthetic_probabilities, write_table, write_universe_tables,
+)
 
 D = dt.date
 N = 13
@@ -64,8 +66,10 @@ def book(tmp_path):
     data_dir.mkdir()
     write_table(database, "daily_bars", embedded_daily_bars())
     write_table(database, "walk_forward_probabilities", _walk_forward_probabilities())
+    universe = write_universe_tables(database)
     forward = synthetic_probabilities(seed=0)
-    data = allocation.allocation_data(embedded_daily_bars(), forward.loc[pd.to_datetime(forward["date"]).dt.year >= 2020])
+    data = allocation.allocation_data(embedded_daily_bars(), forward.loc[pd.to_datetime(forward["date"]).dt.year >= 2020],
+                                      embedded_daily_closes(), universe)
     dim = allocation.make_env(data, D(2025, 1, 1), D(2025, 2, 1)).observation_space.shape[0]
     policy = _policy(dim)
     _deploy(data_dir, policy)

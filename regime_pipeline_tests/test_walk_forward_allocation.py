@@ -24,7 +24,7 @@ from regime_pipeline.definitions import all_assets
 from regime_pipeline.partitions import ORIGIN, POLICY_ORIGIN
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.warehouse import read_table
-from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities, write_table
+from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities, write_table, write_universe_tables
 
 D = dt.date
 FAST = {"ops": {"walk_forward_policy": {"config": {"profile": "fast"}}}}
@@ -99,6 +99,7 @@ def materialized(tmp_path_factory):
     database = str(data_dir / "warehouse.duckdb")
     write_table(database, "daily_bars", embedded_daily_bars())
     write_table(database, "walk_forward_probabilities", _stand_in_targets())  # read in place of the asset's own output
+    write_universe_tables(database)
     everything = all_assets
     resources = build_resources(str(data_dir))
     jobs: list[ppo.TrainingJob] = []

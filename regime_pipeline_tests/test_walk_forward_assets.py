@@ -23,7 +23,9 @@ from regime_pipeline.definitions import all_assets
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.market_data import MarketData
 from regime_pipeline.resources.warehouse import read_table
-from regime_pipeline_tests.conftest import check_results, embedded_daily_bars, write_table
+from regime_pipeline_tests.conftest import (
+    check_results, embedded_daily_bars, embedded_daily_closes, embedded_universe, write_table,
+)
 
 ORIGINS = ("2020", "2021")
 FAST = {"ops": {"walk_forward_models": {"config": {"profile": "fast", "workers": 2}}}}
@@ -39,6 +41,8 @@ def walked(tmp_path_factory):
     write_table(database, "daily_bars", bars)
     write_table(database, "trend_features", F.trend_features(bars, first, end))
     write_table(database, "cross_features", F.cross_features(bars, first, end))
+    write_table(database, "universe", embedded_universe(bars))
+    write_table(database, "daily_closes", embedded_daily_closes())
     resources = build_resources(str(data_dir), MarketData(source="embedded"))
     with dg.instance_for_test() as instance:
         results = {

@@ -8,7 +8,7 @@ import json
 import dagster as dg
 import pandas as pd
 
-from regime_pipeline.configs import splits
+from regime_pipeline.configs import splits, universe as universe_config
 from regime_pipeline.core.allocation import comparison, ppo, rules
 from regime_pipeline.core.allocation import policy as allocation
 from regime_pipeline.core.allocation.policy import AllocationData
@@ -32,10 +32,19 @@ def md_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.to_markdown(index=False, floatfmt=floatfmt) if len(frame) else "(none)")
 
 
-def _inputs(daily_bars: pd.DataFrame, regime_probabilities: pd.DataFrame) -> AllocationData:
+def _inputs(
+    daily_bars: pd.DataFrame, regime_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
+) -> AllocationData:
+    """Prices (close-only days included) and probabilities of the candidates, with the universe's
+    members of each day: the assets a decision may weigh."""
     if regime_probabilities.empty:
         raise ValueError("regime_probabilities is empty: materialize it for the train and val days first")
-    return allocation.allocation_data(daily_bars, regime_probabilities)
+    return allocation.allocation_data(daily_bars, regime_probabilities, daily_closes, universe)
+
+
+# The universe and the close-only days, beside the bars and probabilities every allocation step reads.
+MARKET_INS = {"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabilities": dg.AssetIn(partition_mapping=ALL),
+              "daily_closes": dg.AssetIn(), "universe": dg.AssetIn(partition_mapping=ALL)}
 
 
 def train_ensemble(
@@ -90,7 +99,8 @@ def train_ensemble(
         "deployed": "ensemble",
         "policy": deployed.to_dict(),
         "seeds": seeds,
-        "observation": {"prob_columns": list(data.prob_columns), "symbols": list(data.prices.symbols)},
+        "observation": {"prob_columns": list(data.prob_columns), "symbols": list(data.prices.symbols),
+                        "slots": int(allocation.make_env(data, *train).n_slots), "universe": universe_config().mode},
         "settings": config.as_dict(),
         "profile": profile,
         "train": list(train),
@@ -118,20 +128,20 @@ def train_ensemble(
 @dg.asset(
     group_name=GROUP,
     io_manager_key="model_io_manager",
-    ins={"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabilities": dg.AssetIn(partition_mapping=ALL)},
+    ins=MARKET_INS,
     kinds={"pytorch"},
     op_tags=step_tags("ppo_policy"),
 )
 def ppo_policy(
     context: dg.AssetExecutionContext, config: PolicyConfig, storage: ProjectStorage,
-    daily_bars: pd.DataFrame, regime_probabilities: pd.DataFrame,
+    daily_bars: pd.DataFrame, regime_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
 ) -> dg.Output[dict]:
     """The weekly allocation policy: SB3 PPO on the detectors' regime probabilities plus the
     portfolio's state, one policy per seed trained on `train` episodes from random starts,
     each early-stopped on a smoothed `val` curve after a minimum number of updates; deployed as
     the ensemble of all seeds (the mean of their target weights), decided before any score."""
     train, val = splits()["train"], splits()["val"]
-    data = _inputs(daily_bars, regime_probabilities)
+    data = _inputs(daily_bars, regime_probabilities, daily_closes, universe)
     artifact, metadata = train_ensemble(context, storage, data, (train.start, train.end), (val.start, val.end),
                                         config.profile, "ppo_policy")
     return dg.Output(artifact, metadata=metadata)
@@ -187,14 +197,14 @@ def comparison_note(n_strategies: int) -> str:
 @dg.asset(
     group_name=GROUP,
     partitions_def=SPLIT,
-    ins={"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabilities": dg.AssetIn(partition_mapping=ALL),
-         "vol_forecasts": dg.AssetIn(partition_mapping=ALL), "ppo_policy": dg.AssetIn()},
+    ins={**MARKET_INS, "vol_forecasts": dg.AssetIn(partition_mapping=ALL), "ppo_policy": dg.AssetIn()},
     metadata={"partition_expr": "split"},
     pool="warehouse",
 )
 def allocation_backtest(
     context: dg.AssetExecutionContext, storage: ProjectStorage, daily_bars: pd.DataFrame,
-    regime_probabilities: pd.DataFrame, vol_forecasts: pd.DataFrame, ppo_policy: dict,
+    regime_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
+    vol_forecasts: pd.DataFrame, ppo_policy: dict,
 ) -> dg.Output[pd.DataFrame]:
     """The PPO ensemble (and the mean ± sd of its seeds alone) against BTC buy-and-hold, equal
     weight, inverse volatility (on trailing and on forecast volatility), momentum + inverse vol
@@ -204,7 +214,7 @@ def allocation_backtest(
     intervals."""
     split = splits()[context.partition_key]
     train = splits()["train"]
-    data = _inputs(daily_bars, regime_probabilities)
+    data = _inputs(daily_bars, regime_probabilities, daily_closes, universe)
     strategies = backtest_benchmarks(data.prices, vol_forecasts)
     calibration = rules.calibrate(data, train.start, train.end)
     strategies.update(rules.rule_strategies(data, calibration))

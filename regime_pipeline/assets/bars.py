@@ -56,11 +56,12 @@ def minute_bars(
     source = market_data.open(log=context.log)
     lake = storage.lake()
     tolerances = data_settings()["reconciliation"]
+    known = universe()
     summary = ingest_minutes(
-        source, lake, universe().symbols, start, end,
+        source, lake, known.trading(start, end), start, end,
         gaps=[(gap.start, gap.end) for gap in known_gaps()],
         price_rtol=tolerances["price_rtol"], volume_rtol=tolerances["volume_rtol"],
-        refetch=config.refetch, log=context.log,
+        refetch=config.refetch, spans={a.symbol: (a.listed, a.last_bar) for a in known.assets}, log=context.log,
     )
     days_written = sum(summary.days_written.values())
     context.log.info(f"minute_bars: {summary.rows_written} rows in {days_written} days, {summary.seconds:.1f}s")
@@ -77,6 +78,23 @@ def minute_bars(
         },
     )
     return dg.MaterializeResult()
+
+
+def within_spans(frame: pd.DataFrame, log) -> pd.DataFrame:
+    """The rows of each symbol from its listing to its last bar (configs/universe.yaml). A row the
+    source has after an asset's last bar is another asset under the same symbol (LUNAUSDT from
+    2022-05-31 is Terra 2.0) and is never joined to it: it is dropped, and the drop logged."""
+    known = universe()
+    first = frame["symbol"].map(known.listing_dates())
+    last = frame["symbol"].map(known.last_bars())
+    after = last.notna() & (frame["date"] > last)
+    if after.any():
+        counts = frame.loc[after].groupby("symbol").size()
+        log.warning("rows after the asset's last bar not used (another asset under the symbol): "
+                    + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    # Rows before the listing day stay: the coverage check refuses them, naming the days.
+    keep = ~after | first.isna()
+    return frame.loc[keep].reset_index(drop=True)
 
 
 @dg.asset(
@@ -104,7 +122,8 @@ def daily_bars(context: dg.AssetExecutionContext, market_data: MarketData, stora
     """
     start, end = window_days(context)
     source = market_data.open(log=context.log)
-    symbols = universe().symbols
+    known = universe()
+    symbols = known.trading(start, end)
     held = source.available_symbols(symbols)
     absent = [s for s in symbols if s not in held]
     # Leaving out a symbol whose bars are stored for these days would delete them: that is a gap.
@@ -118,15 +137,15 @@ def daily_bars(context: dg.AssetExecutionContext, market_data: MarketData, stora
             + (f"; {', '.join(absent_stored)} have bars stored for these days, which this run must not "
                "delete: the coverage check fails" if absent_stored else "")
         )
-    klines = source.daily_klines(held, start, end)
-    minute_daily = storage.lake().daily_aggregate(start, end, held)
+    klines = within_spans(source.daily_klines(held, start, end), context.log)
+    minute_daily = within_spans(storage.lake().daily_aggregate(start, end, held), context.log)
     tolerances = data_settings()["reconciliation"]
-    intraday_daily = daily_from_intraday(
+    intraday_daily = within_spans(daily_from_intraday(
         source, held, start, end, klines,
         gaps=[(gap.start, gap.end) for gap in known_gaps()],
         price_rtol=tolerances["price_rtol"], volume_rtol=tolerances["volume_rtol"],
         skip=set(zip(minute_daily["symbol"], minute_daily["date"])), log=context.log,
-    )
+    ), context.log)
     bars = combine_daily(minute_daily, klines, intraday_daily)
     counts = bars["source"].value_counts()
     from_minutes, from_klines = int(counts.get("minutes", 0)), int(counts.get("klines", 0))
@@ -154,3 +173,36 @@ def daily_bars(context: dg.AssetExecutionContext, market_data: MarketData, stora
     aggregated = pd.concat(parts, ignore_index=True) if parts else minute_daily
     results = daily_bar_checks(bars, aggregated, klines, start, end, absent=[s for s in absent if s not in stored])
     yield from checked_output(dg.Output(bars), results, DAILY_BAR_CHECK_SPECS)
+
+
+CLOSES_CHECK = dg.AssetCheckSpec(
+    "closes_only_where_configured", asset="daily_closes", blocking=True,
+    description="every close-only day lies after its asset's last full bar and by its last day (configs/universe.yaml)",
+)
+
+
+@dg.asset(group_name=GROUP, check_specs=[CLOSES_CHECK], kinds={"duckdb"}, pool="warehouse")
+def daily_closes(context: dg.AssetExecutionContext, market_data: MarketData):
+    """Days on which an asset has a close but no full bar (``date, symbol, close``): in the
+    embedded data FTT 2022-10-11 .. 2022-11-14, after its last full bar. Backtests value a held
+    asset at these closes and never trade it on them. Live and file sources deliver full bars
+    only, so for them this table is empty."""
+    source = market_data.open(log=context.log)
+    known = universe()
+    reader = getattr(source, "daily_closes", None)
+    closes = reader(known.symbols) if reader is not None else pd.DataFrame(columns=["symbol", "date", "close"])
+    closes = closes.astype({"close": "float64"})[["date", "symbol", "close"]]
+    last_bar = closes["symbol"].map(known.last_bars())
+    last_day = closes["symbol"].map({a.symbol: a.last_day for a in known.assets if a.last_day})
+    bad = closes.loc[last_bar.isna() | (closes["date"] <= last_bar) | (closes["date"] > last_day)]
+    check = dg.AssetCheckResult(
+        asset_key="daily_closes", check_name=CLOSES_CHECK.name, passed=bad.empty,
+        metadata={"violations": len(bad), **({"examples": dg.MetadataValue.md(bad.head(10).to_markdown(index=False))}
+                                              if len(bad) else {})},
+    )
+    summary = closes.groupby("symbol")["date"].agg(["min", "max", "size"]).reset_index() if len(closes) else None
+    output = dg.Output(closes, metadata={
+        "rows": len(closes),
+        "by_symbol": dg.MetadataValue.md(summary.to_markdown(index=False) if summary is not None else "no close-only days"),
+    })
+    yield from checked_output(output, [check], [CLOSES_CHECK])

@@ -9,6 +9,7 @@ import pandas as pd
 from regime_pipeline.assets.bars import window_days
 from regime_pipeline.assets.metadata import add_run_metadata
 from regime_pipeline.configs import splits
+from regime_pipeline.core.data import universe as pit
 from regime_pipeline.core.regimes import detectors
 from regime_pipeline.core.regimes.metrics import plot_confusion
 from regime_pipeline.core.plots import figure_to_markdown, plot_attention, plot_training
@@ -96,6 +97,7 @@ def trend_detector(
         "daily_bars": dg.AssetIn(partition_mapping=ALL),
         "regime_labels": dg.AssetIn(partition_mapping=TRAIN_VAL),
         "selected_features": dg.AssetIn(),
+        "universe": dg.AssetIn(partition_mapping=ALL),
     },
     kinds={"pytorch"},
     op_tags=step_tags("cross_detector"),
@@ -103,15 +105,15 @@ def trend_detector(
 def cross_detector(
     context: dg.AssetExecutionContext, config: DetectorConfig, storage: ProjectStorage,
     vol_features: pd.DataFrame, trend_features: pd.DataFrame, daily_bars: pd.DataFrame,
-    regime_labels: pd.DataFrame, selected_features: dict,
+    regime_labels: pd.DataFrame, selected_features: dict, universe: pd.DataFrame,
 ) -> dg.MaterializeResult:
     """The cross-sectional regime detector: a GraphSAGE-style network (mean neighbour
-    aggregation as batched dense matrix products) over the 13 assets per date; nodes carry the
-    selected vol and trend features, edges the 30-day return correlation; late-listed assets
-    are masked out. Fitted on train, early-stopped on val macro-F1."""
+    aggregation as batched dense matrix products) over the universe's members of each date;
+    nodes carry the selected vol and trend features, edges the 30-day return correlation; other
+    candidates are masked out. Fitted on train, early-stopped on val macro-F1."""
     columns = selected_features["vol"]["selected"] + selected_features["trend"]["selected"]
     settings = detectors.settings_for("cross", config.profile)
-    nodes = detectors.node_features(vol_features, trend_features, columns)
+    nodes = pit.only_members(detectors.node_features(vol_features, trend_features, columns), pit.members_by_day(universe))
     det, result = detectors.train_cross_detector(nodes, daily_bars, regime_labels, columns, settings, log=context.log)
     return _store_detector(storage, det, result)
 
@@ -128,13 +130,14 @@ DETECTORS = [vol_detector, trend_detector, cross_detector]
         "trend_features": dg.AssetIn(partition_mapping=ALL),
         "daily_bars": dg.AssetIn(partition_mapping=ALL),
         "regime_labels": dg.AssetIn(),
+        "universe": dg.AssetIn(partition_mapping=ALL),
     },
     metadata={"partition_expr": "split"},
     pool="warehouse",
 )
 def detector_reports(
     context: dg.AssetExecutionContext, storage: ProjectStorage, vol_features: pd.DataFrame,
-    trend_features: pd.DataFrame, daily_bars: pd.DataFrame, regime_labels: pd.DataFrame,
+    trend_features: pd.DataFrame, daily_bars: pd.DataFrame, regime_labels: pd.DataFrame, universe: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     """Each detector scored on the split: accuracy, balanced accuracy, macro-F1, per-class
     precision / recall / support, confusion matrices, and the LSTMs' attention by lag; also
@@ -144,7 +147,8 @@ def detector_reports(
     for kind in detectors.KINDS:
         det = detectors.Detector.load(_model_path(storage, kind))
         if kind == "cross":
-            features = detectors.node_features(vol_features, trend_features, det.columns)
+            features = pit.only_members(detectors.node_features(vol_features, trend_features, det.columns),
+                                        pit.members_by_day(universe))
         else:
             features = vol_features if kind == "vol" else trend_features
         report = detectors.evaluate(det, split, regime_labels, features, daily_bars)
@@ -201,19 +205,22 @@ GRAPH_LOOKBACK = dg.TimeWindowPartitionMapping(
         "vol_features": dg.AssetIn(partition_mapping=LSTM_LOOKBACK),
         "trend_features": dg.AssetIn(partition_mapping=LSTM_LOOKBACK),
         "daily_bars": dg.AssetIn(partition_mapping=GRAPH_LOOKBACK),
+        "universe": dg.AssetIn(),
     },
     metadata={"partition_expr": "date"},
     pool="warehouse",
 )
 def regime_probabilities(
     context: dg.AssetExecutionContext, storage: ProjectStorage, vol_features: pd.DataFrame,
-    trend_features: pd.DataFrame, daily_bars: pd.DataFrame,
+    trend_features: pd.DataFrame, daily_bars: pd.DataFrame, universe: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """Each day's class probabilities from the three detectors, per (date, symbol), from
-    inputs that end on that day (causal: what the policy may act on at that day's close)."""
+    """Each day's class probabilities from the three detectors, per (date, symbol) of the
+    universe's members that day, from inputs that end on that day (causal: what the policy may
+    act on at that day's close)."""
     start, end = window_days(context)
     dets = {kind: detectors.Detector.load(_model_path(storage, kind)) for kind in detectors.KINDS}
-    frame = detectors.probabilities(dets, vol_features, trend_features, daily_bars, start, end)
+    frame = detectors.probabilities(dets, vol_features, trend_features, daily_bars, start, end,
+                                    members=pit.members_by_day(universe))
     context.log.info(f"regime_probabilities {start}..{end - dt.timedelta(days=1)}: {len(frame)} rows")
     add_run_metadata(context, {"rows": len(frame), "days": int(frame["date"].nunique()) if len(frame) else 0})
     return dg.Output(frame)

@@ -14,7 +14,8 @@ import pandas as pd
 from regime_pipeline.assets.bars import window_days
 from regime_pipeline.assets.metadata import add_run_metadata
 from regime_pipeline.checks.gate import checked_output
-from regime_pipeline.configs import history_start, splits, universe
+from regime_pipeline.configs import history_start, splits
+from regime_pipeline.configs import universe as universe_config
 from regime_pipeline.core.data import quality
 from regime_pipeline.core.features import daily as features
 from regime_pipeline.partitions import DAILY
@@ -69,8 +70,9 @@ def require_bars(
     and named in a warning to `log`. With no bar for any asset, `daily_bars` was not materialized.
     """
     first = max(start - dt.timedelta(days=lookback_days), history_start())
-    listed = universe().listing_dates()
-    missing, _ = quality.coverage_gaps(daily_bars, listed, first, end)
+    known = universe_config()
+    listed = {s: d for s, d in known.listing_dates().items() if s in known.candidates}
+    missing, _ = quality.coverage_gaps(daily_bars, listed, first, end, known.last_bars())
     present = set(daily_bars["symbol"]) if len(daily_bars) else set()
     absent = sorted(set(missing["symbol"]) - present) if present else []
     if absent:
@@ -113,14 +115,25 @@ def _feature_output(context: dg.AssetExecutionContext, name: str, frame: pd.Data
     kinds={"arch"},
 )
 def garch_params(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame) -> dict:
-    """GARCH(1,1) parameters per asset (mu, omega, alpha, beta, in daily-return units), fitted
-    with `arch` on the train split's returns only; `vol_features` filters them forward."""
+    """GARCH(1,1) parameters per candidate asset (mu, omega, alpha, beta, in daily-return units),
+    fitted with `arch` on the train split's returns only; `vol_features` filters them forward. An
+    asset with too few train returns (listed late in train, or after it) gets the median of the
+    fitted assets' parameters."""
     train = splits()["train"]
-    params = features.fit_garch(daily_bars, train.start, train.end + dt.timedelta(days=1))
+    candidates = universe_config().candidates
+    params, pooled = features.fit_garch_pooled(
+        daily_bars.loc[daily_bars["symbol"].isin(candidates)], train.start, train.end + dt.timedelta(days=1), candidates,
+    )
     table = pd.DataFrame({s: p.to_dict() for s, p in params.items()}).T
     table["persistence"] = table["alpha"] + table["beta"]
-    context.add_output_metadata({"params": dg.MetadataValue.md(table.to_markdown(floatfmt=".4g"))})
+    context.add_output_metadata({"params": dg.MetadataValue.md(table.to_markdown(floatfmt=".4g")),
+                                 "median_for": ", ".join(pooled) or "none"})
     return {symbol: p.to_dict() for symbol, p in params.items()}
+
+
+def candidate_bars(daily_bars: pd.DataFrame) -> pd.DataFrame:
+    """The bars of the assets the universe is chosen from (configs/universe.yaml `mode`)."""
+    return daily_bars.loc[daily_bars["symbol"].isin(universe_config().candidates)]
 
 
 @dg.asset(
@@ -134,7 +147,7 @@ def vol_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame, ga
     start, end = window_days(context)
     require_bars(daily_bars, start, end, log=context.log)
     params = {s: features.GarchParams.from_dict(p) for s, p in garch_params.items()}
-    frame = features.vol_features(daily_bars, params, start, end)
+    frame = features.vol_features(candidate_bars(daily_bars), params, start, end)
     yield from _feature_output(context, "vol_features", frame, start, end)
 
 
@@ -144,15 +157,20 @@ def trend_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
     return_skewness_30d, trend_strength, volume_trend (configs/features.yaml)."""
     start, end = window_days(context)
     require_bars(daily_bars, start, end, log=context.log)
-    frame = features.trend_features(daily_bars, start, end)
+    frame = features.trend_features(candidate_bars(daily_bars), start, end)
     yield from _feature_output(context, "trend_features", frame, start, end)
 
 
-@dg.asset(**PER_DAY, ins={"daily_bars": dg.AssetIn(partition_mapping=LOOKBACK)}, check_specs=[_finite_check("cross_features")])
-def cross_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame):
-    """Per date, across the listed assets: n_assets, avg_pairwise_corr, btc_dominance,
-    vol_dispersion, corr_stability (configs/features.yaml)."""
+@dg.asset(
+    **PER_DAY,
+    ins={"daily_bars": dg.AssetIn(partition_mapping=LOOKBACK), "universe": dg.AssetIn(partition_mapping=LOOKBACK)},
+    check_specs=[_finite_check("cross_features")],
+)
+def cross_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame, universe: pd.DataFrame):
+    """Per date, across the universe's members that day: n_assets, avg_pairwise_corr,
+    btc_dominance, vol_dispersion, corr_stability (configs/features.yaml)."""
     start, end = window_days(context)
     require_bars(daily_bars, start, end, log=context.log)
-    frame = features.cross_features(daily_bars, start, end)
+    members = universe.loc[universe["member"].astype(bool), ["date", "symbol"]]
+    frame = features.cross_features(candidate_bars(daily_bars), start, end, members=members)
     yield from _feature_output(context, "cross_features", frame, start, end)

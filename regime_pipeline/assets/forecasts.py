@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 
 from regime_pipeline.assets.bars import window_days
-from regime_pipeline.assets.features import PER_DAY, TRAIN_DAYS, require_bars
+from regime_pipeline.assets.features import PER_DAY, TRAIN_DAYS, candidate_bars, require_bars
 from regime_pipeline.checks.gate import checked_output
 from regime_pipeline.assets.metadata import add_run_metadata
 from regime_pipeline.configs import splits
+from regime_pipeline.configs import universe as universe_config
 from regime_pipeline.core.features import daily as features
 from regime_pipeline.core.features import vol_forecasts as vf
 from regime_pipeline.core.plots import save_figure
@@ -48,7 +49,8 @@ def vol_forecast_models(context: dg.AssetExecutionContext, daily_bars: pd.DataFr
     (pooled across assets), fitted on train rows whose inputs and targets lie in train
     (configs/forecasts.yaml). Stored as JSON: coefficients and LightGBM's text model format."""
     train = splits()["train"]
-    models = vf.fit_models(daily_bars, vol_features, train.start, train.end + dt.timedelta(days=1))
+    models = vf.fit_models(candidate_bars(daily_bars), vol_features, train.start, train.end + dt.timedelta(days=1),
+                           symbols=universe_config().candidates)
     har = pd.DataFrame([
         {"horizon_days": h, "symbol": s, "rows": models.n_rows[h][s], **dict(zip(["b0", *vf.RV_COLUMNS], c))}
         for h, by in models.har.items() for s, c in by.items()
@@ -91,7 +93,7 @@ def vol_forecasts(
     require_bars(daily_bars, start, end, vf.LOOKBACK_DAYS, log=context.log)
     params = {s: features.GarchParams.from_dict(p) for s, p in garch_params.items()}
     models = vf.VolForecastModels.from_dict(vol_forecast_models)
-    frame = vf.forecast(daily_bars, vol_features, params, models, start, end)
+    frame = vf.forecast(candidate_bars(daily_bars), vol_features, params, models, start, end)
     context.log.info(f"vol_forecasts {start}..{end - dt.timedelta(days=1)}: {len(frame)} rows")
     values = frame[list(vf.MODELS)].to_numpy(dtype="float64")
     bad = ~np.isfinite(values) | (values < 0)
@@ -121,7 +123,7 @@ def vol_forecast_report(
     data/reports/vol_forecasts_<split>.md (with .json and .png)."""
     split = splits()[context.partition_key]
     end = split.end + dt.timedelta(days=1)
-    targets = vf.realized(daily_bars, split.start, end)
+    targets = vf.realized(candidate_bars(daily_bars), split.start, end)
     scores = vf.evaluate(vol_forecasts, targets)
     fig = vf.plot_report(scores, vol_forecasts, targets, f"volatility forecasts, {split.name} {split.start}..{split.end}")
     path = write_report(storage, split.name, scores, fig)

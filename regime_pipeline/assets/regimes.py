@@ -9,6 +9,7 @@ from regime_pipeline.assets.features import TRAIN_DAYS
 from regime_pipeline.assets.metadata import plot_metadata
 from regime_pipeline.checks.gate import checked_output
 from regime_pipeline.configs import splits
+from regime_pipeline.core.data import universe as pit
 from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.core.features import selection
 from regime_pipeline.core.plots import plot_correlations, plot_importance, plot_regime_timeline
@@ -35,17 +36,22 @@ def _md(frame: pd.DataFrame) -> dg.MetadataValue:
     ins={
         "vol_features": dg.AssetIn(partition_mapping=TRAIN_DAYS),
         "trend_features": dg.AssetIn(partition_mapping=TRAIN_DAYS),
+        "universe": dg.AssetIn(partition_mapping=TRAIN_DAYS),
     },
     check_specs=HMM_CHECKS,
     kinds={"hmmlearn"},
 )
-def hmm_models(context: dg.AssetExecutionContext, vol_features: pd.DataFrame, trend_features: pd.DataFrame):
-    """GaussianHMMs for the vol and trend regimes, pooled across assets, GMM-initialised,
-    fitted on train with several restarts; states ordered by their means (configs/regimes.yaml)."""
+def hmm_models(
+    context: dg.AssetExecutionContext, vol_features: pd.DataFrame, trend_features: pd.DataFrame, universe: pd.DataFrame,
+):
+    """GaussianHMMs for the vol and trend regimes, pooled across the universe's member
+    asset-days, GMM-initialised, fitted on train with several restarts; states ordered by their
+    means (configs/regimes.yaml)."""
     config = regimes.settings()
     train = splits()["train"]
+    members = pit.members_by_day(universe)
     fitted = {}
-    for kind, frame in (("vol", vol_features), ("trend", trend_features)):
+    for kind, frame in (("vol", pit.only_members(vol_features, members)), ("trend", pit.only_members(trend_features, members))):
         context.log.info(f"fitting the {kind} HMM on {len(frame)} train asset-days, {config['hmm']['n_restarts']} restarts")
         fitted[kind] = regimes.fit_hmm(frame, kind, train, config)
     models = regimes.RegimeModels(**fitted)
@@ -86,6 +92,7 @@ def hmm_models(context: dg.AssetExecutionContext, vol_features: pd.DataFrame, tr
         "vol_features": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
         "trend_features": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
         "cross_features": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+        "universe": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
     },
     metadata={"partition_expr": "split"},
     pool="warehouse",
@@ -96,16 +103,19 @@ def regime_labels(
     vol_features: pd.DataFrame,
     trend_features: pd.DataFrame,
     cross_features: pd.DataFrame,
+    universe: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """Vol, trend and cross regime of every (date, symbol) of the split, decoded with the
-    train-fitted HMMs by Viterbi over the split (hindsight: training targets only)."""
+    """Vol, trend and cross regime of every member (date, symbol) of the split, decoded with the
+    train-fitted HMMs by Viterbi over each asset's runs of membership in the split (hindsight:
+    training targets only)."""
     split = splits()[context.partition_key]
     config = regimes.settings()
     models = regimes.RegimeModels.from_dict(hmm_models)
+    members = pit.members_by_day(universe)
     labels = regimes.label_window(
         models,
-        regimes.in_window(vol_features, split.start, split.end),
-        regimes.in_window(trend_features, split.start, split.end),
+        pit.only_members(regimes.in_window(vol_features, split.start, split.end), members),
+        pit.only_members(regimes.in_window(trend_features, split.start, split.end), members),
         regimes.in_window(cross_features, split.start, split.end),
         config,
     )

@@ -88,6 +88,7 @@ def tracking(ledger: Ledger, book: books.Book, policy: Policy, data: allocation.
     backfill_policy=dg.BackfillPolicy.single_run(),
     ins={"daily_bars": dg.AssetIn(partition_mapping=ALL),
          "walk_forward_probabilities": dg.AssetIn(partition_mapping=ALL),
+         "daily_closes": dg.AssetIn(), "universe": dg.AssetIn(partition_mapping=ALL),
          "walk_forward_policy": dg.AssetIn(partition_mapping=dg.SpecificPartitionsPartitionMapping([DEPLOYED_ORIGIN]))},
     check_specs=[dg.AssetCheckSpec(TRACKING_CHECK, asset="weekly_rebalance",
                                    description="paper ledger equity within tolerance of the risk-limited backtest of "
@@ -96,7 +97,8 @@ def tracking(ledger: Ledger, book: books.Book, policy: Policy, data: allocation.
 )
 def weekly_rebalance(
     context: dg.AssetExecutionContext, broker: BrokerResource, storage: ProjectStorage, daily_bars: pd.DataFrame,
-    walk_forward_probabilities: pd.DataFrame, walk_forward_policy: dict,
+    walk_forward_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
+    walk_forward_policy: dict,
 ):
     """Each Monday week: the out-of-sample regime probabilities at Sunday's close (the
     walk-forward's, the target its policies observe) -> the latest origin's policy -> target
@@ -111,7 +113,8 @@ def weekly_rebalance(
     label = f"walk_forward_policy/{DEPLOYED_ORIGIN} ({walk_forward_policy.get('profile', '?')} profile)"
     limits = RiskLimits.from_config()
     probabilities = stitch(walk_forward_probabilities, target=WalkForwardSettings.from_config().target)
-    data = allocation.allocation_data(daily_bars, probabilities)
+    # The universe's members of each Sunday are the assets that week's decision may weigh.
+    data = allocation.allocation_data(daily_bars, probabilities, daily_closes, universe)
     results: list[RebalanceResult] = []
     for week in weeks:
         stored = trading.ledger.plan(week)

@@ -15,6 +15,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from regime_pipeline.configs import universe as universe_config
+from regime_pipeline.core.data import universe as pit
 from regime_pipeline.core.plots import figure_to_markdown, plot_training
 from regime_pipeline.core.regimes import ladder
 from regime_pipeline.core.regimes import walk_forward as wf
@@ -25,7 +27,7 @@ from regime_pipeline.resources.storage import ProjectStorage
 
 GROUP = "walk_forward"
 ALL = dg.AllPartitionMapping()
-HISTORY = {name: dg.AssetIn(partition_mapping=ALL) for name in ("daily_bars", "trend_features", "cross_features")}
+HISTORY = {name: dg.AssetIn(partition_mapping=ALL) for name in ("daily_bars", "trend_features", "cross_features", "universe")}
 PROFILE_ENV = "REGIME_WALK_FORWARD_PROFILE"
 
 
@@ -49,6 +51,11 @@ def _origins(context: dg.AssetExecutionContext) -> list[int]:
     return sorted(int(key) for key in context.partition_keys)
 
 
+def _on_universe(daily_bars: pd.DataFrame, universe: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The candidates' bars and the universe's member rows (``date, symbol``)."""
+    return daily_bars.loc[daily_bars["symbol"].isin(universe_config().candidates)], pit.members_by_day(universe)
+
+
 @dg.asset(
     group_name=GROUP,
     partitions_def=ORIGIN,
@@ -59,7 +66,7 @@ def _origins(context: dg.AssetExecutionContext) -> list[int]:
 )
 def walk_forward_models(
     context: dg.AssetExecutionContext, config: WalkForwardConfig, storage: ProjectStorage,
-    daily_bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features: pd.DataFrame,
+    daily_bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features: pd.DataFrame, universe: pd.DataFrame,
 ) -> dg.MaterializeResult:
     """Per origin: GARCH parameters, vol/trend HMMs, a cross HMM (filter baseline), jump models
     and forward-target cuts fitted on the origin's fit window; then the three detectors for
@@ -68,8 +75,9 @@ def walk_forward_models(
     origins = _origins(context)
     profile = _profile(config)
     workers = config.workers or int(wf.settings()["workers"])
-    labelers, trained = wf.fit_origins(daily_bars, trend_features, cross_features, origins, storage.models_dir,
-                                       profile, workers, log=context.log.info, warn=context.log.warning)
+    bars, members = _on_universe(daily_bars, universe)
+    labelers, trained = wf.fit_origins(bars, trend_features, cross_features, origins, storage.models_dir,
+                                       profile, workers, log=context.log.info, warn=context.log.warning, members=members)
     windows = pd.DataFrame([{**labelers[o].windows.record(), "garch_median_for": ", ".join(labelers[o].garch_pooled) or "none"}
                             for o in origins])
     summary = pd.DataFrame([{k: r[k] for k in ("origin", "target", "kind", "best_epoch", "epochs_run", "val_macro_f1",
@@ -107,16 +115,17 @@ NO_MODEL_SAW_ITS_DAY = dg.AssetCheckSpec(
 )
 def walk_forward_probabilities(
     context: dg.AssetExecutionContext, storage: ProjectStorage,
-    daily_bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features: pd.DataFrame,
+    daily_bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features: pd.DataFrame, universe: pd.DataFrame,
 ):
     """For origin Y, the days of Y only: per (target, date, symbol) the three detectors' class
     probabilities from inputs ending that day, by models that never saw Y or its label horizon.
     The columns of `regime_probabilities` plus `origin` and `target` (forward, same_day):
     stitched over origins, every day from the first origin on has a probability no model saw."""
     parts, records = [], []
+    bars, members = _on_universe(daily_bars, universe)
     for origin in _origins(context):
         labelers = wf.Labelers.from_dict(json.loads(wf.labelers_path(storage.models_dir, origin).read_text()))
-        data = wf.origin_data(labelers, daily_bars, trend_features, cross_features)
+        data = wf.origin_data(labelers, bars, trend_features, cross_features, members)
         parts.append(wf.probabilities(data, storage.models_dir))
         records.append(wf.model_records(storage.models_dir, origin))
         context.log.info(f"origin {origin}: {len(parts[-1])} rows")
@@ -141,7 +150,8 @@ def walk_forward_probabilities(
 )
 def walk_forward_reports(
     context: dg.AssetExecutionContext, storage: ProjectStorage, daily_bars: pd.DataFrame,
-    trend_features: pd.DataFrame, cross_features: pd.DataFrame, walk_forward_probabilities: pd.DataFrame,
+    trend_features: pd.DataFrame, cross_features: pd.DataFrame, universe: pd.DataFrame,
+    walk_forward_probabilities: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     """The origin's ladder: for every detector and target (and the jump model's labels), the
     majority class, persistence, the HMM's causal filter, logistic regression and a depth-3
@@ -150,7 +160,8 @@ def walk_forward_reports(
     interval; confusion matrices and mean regime durations. Also data/reports/walk_forward_<Y>.md."""
     origin = int(context.partition_key)
     labelers = wf.Labelers.from_dict(json.loads(wf.labelers_path(storage.models_dir, origin).read_text()))
-    data = wf.origin_data(labelers, daily_bars, trend_features, cross_features)
+    bars, members = _on_universe(daily_bars, universe)
+    data = wf.origin_data(labelers, bars, trend_features, cross_features, members)
     rows, plots, durations, summary = ladder_rows(data, walk_forward_probabilities)
     table = pd.DataFrame(rows)
     write_report(storage, origin, table, summary, durations)

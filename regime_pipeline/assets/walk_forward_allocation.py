@@ -51,11 +51,19 @@ class WalkForwardPolicyConfig(dg.Config):
     (`light`); `default` trains with the fixed split's budget, `fast` for a quick check."""
 
 
-def _data(daily_bars: pd.DataFrame, probabilities: pd.DataFrame, before: int) -> tuple[allocation.AllocationData, dt.date]:
+# The universe and the close-only days, as the fixed split's allocation assets read them.
+UNIVERSE_INS = {"daily_closes": dg.AssetIn(), "universe": dg.AssetIn(partition_mapping=ALL)}
+
+
+def _data(
+    daily_bars: pd.DataFrame, probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
+    before: int,
+) -> tuple[allocation.AllocationData, dt.date]:
     """Allocation inputs from the origins before `before` (the configured target's probabilities),
-    and the first day with probabilities."""
+    with the close-only days and the universe's members of each day, and the first day with
+    probabilities."""
     stitched = walk_forward.stitch(probabilities, target=walk_forward.WalkForwardSettings.from_config().target, before=before)
-    return allocation.allocation_data(daily_bars, stitched), walk_forward.first_day(stitched)
+    return allocation.allocation_data(daily_bars, stitched, daily_closes, universe), walk_forward.first_day(stitched)
 
 
 @dg.asset(
@@ -63,12 +71,13 @@ def _data(daily_bars: pd.DataFrame, probabilities: pd.DataFrame, before: int) ->
     partitions_def=POLICY_ORIGIN,
     io_manager_key="model_io_manager",
     ins={"daily_bars": dg.AssetIn(partition_mapping=ALL),
-         PROBABILITIES: dg.AssetIn(partition_mapping=origins_mapping(include_own=False))},
+         PROBABILITIES: dg.AssetIn(partition_mapping=origins_mapping(include_own=False)), **UNIVERSE_INS},
     kinds={"pytorch"},
 )
 def walk_forward_policy(
     context: dg.AssetExecutionContext, config: WalkForwardPolicyConfig, storage: ProjectStorage,
-    daily_bars: pd.DataFrame, walk_forward_probabilities: pd.DataFrame,
+    daily_bars: pd.DataFrame, walk_forward_probabilities: pd.DataFrame, daily_closes: pd.DataFrame,
+    universe: pd.DataFrame,
 ) -> dg.Output[dict]:
     """The PPO ensemble of origin Y: every seed trained on the days before Y - 1 that have
     out-of-sample probabilities (the configured target's), early-stopped on a smoothed curve
@@ -76,7 +85,7 @@ def walk_forward_policy(
     origin = int(context.partition_key)
     settings = walk_forward.WalkForwardSettings.from_config()
     profile = config.profile or settings.ppo_profile
-    data, first = _data(daily_bars, walk_forward_probabilities, before=origin)
+    data, first = _data(daily_bars, walk_forward_probabilities, daily_closes, universe, before=origin)
     windows = walk_forward.origin_windows(origin, first)
     artifact, metadata = train_ensemble(context, storage, data, windows.train, windows.select, profile,
                                         f"walk_forward_policy/{origin}")
@@ -89,14 +98,15 @@ def walk_forward_policy(
     group_name=GROUP,
     partitions_def=POLICY_ORIGIN,
     ins={"daily_bars": dg.AssetIn(partition_mapping=ALL),
-         PROBABILITIES: dg.AssetIn(partition_mapping=origins_mapping(include_own=True)),
+         PROBABILITIES: dg.AssetIn(partition_mapping=origins_mapping(include_own=True)), **UNIVERSE_INS,
          "walk_forward_policy": dg.AssetIn()},
     metadata={"partition_expr": "origin"},
     pool="warehouse",
 )
 def walk_forward_backtest(
     context: dg.AssetExecutionContext, storage: ProjectStorage, daily_bars: pd.DataFrame,
-    walk_forward_probabilities: pd.DataFrame, walk_forward_policy: dict,
+    walk_forward_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
+    walk_forward_policy: dict,
 ) -> dg.Output[pd.DataFrame]:
     """Origin Y's year, every strategy from cash on its first day: the origin's PPO ensemble
     (and each seed alone), BTC buy-and-hold, equal weight, inverse volatility, momentum +
@@ -105,7 +115,7 @@ def walk_forward_backtest(
     each strategy's daily net returns and turnover (``origin, strategy, date, net_return,
     turnover``), from which the walk-forward table recomputes and pools everything."""
     origin = int(context.partition_key)
-    data, first = _data(daily_bars, walk_forward_probabilities, before=origin + 1)
+    data, first = _data(daily_bars, walk_forward_probabilities, daily_closes, universe, before=origin + 1)
     windows = walk_forward.origin_windows(origin, first)
     strategies = benchmark_strategies(data.prices.symbols)
     calibration = rules.calibrate(data, *windows.calibrate)

@@ -28,7 +28,7 @@ DAILY_BAR_CHECK_SPECS = [
                       description="at most one bar per (symbol, date)"),
     dg.AssetCheckSpec("coverage", asset=ASSET, blocking=True,
                       description="every listed symbol the source has data for has a bar on every day from its "
-                                  "listing, none before; a symbol the source has nothing for is a warning"),
+                                  "listing to its last bar, none outside; a symbol the source has nothing for is a warning"),
     dg.AssetCheckSpec("minutes_match_klines", asset=ASSET, blocking=True,
                       description="bars aggregated from intraday bars (1-minute, or 3m..12h files) equal the "
                                   "exchange's daily klines"),
@@ -49,20 +49,22 @@ def _result(name: str, bad: pd.DataFrame, **metadata) -> dg.AssetCheckResult:
 def _coverage(
     bars: pd.DataFrame, absent: Sequence[str], start: dt.date, end: dt.date
 ) -> dg.AssetCheckResult:
-    """Missing days and bars before listing fail the check (blocking); symbols the source has no data
-    for at all only warn: they are left out, as before their listing, and named. A source with no
-    data for any listed symbol fails."""
-    listed = universe().listing_dates()
-    missing, before_listing = quality.coverage_gaps(bars, listed, start, end)
-    not_held = [s for s in absent if s in listed and listed[s] < end]
-    if len(not_held) == sum(first < end for first in listed.values()):
+    """Missing days and bars outside an asset's listing .. last bar fail the check (blocking);
+    symbols the source has no data for at all only warn: they are left out, as before their
+    listing, and named. A source with no data for any symbol trading in the window fails."""
+    known = universe()
+    listed = known.listing_dates()
+    missing, outside = quality.coverage_gaps(bars, listed, start, end, known.last_bars())
+    trading = known.trading(start, end)
+    not_held = [s for s in absent if s in trading]
+    if len(not_held) == len(trading):
         not_held = []  # no data for any symbol is an empty or wrong source, not a partial one
     missing = missing.loc[~missing["symbol"].isin(not_held)]
     bad = pd.concat(
-        [missing.assign(problem="no bar"), before_listing[["symbol", "date"]].assign(problem="bar before listing")],
+        [missing.assign(problem="no bar"), outside[["symbol", "date"]].assign(problem="bar outside listing .. last bar")],
         ignore_index=True,
     )
-    result = _result("coverage", bad, missing_days=len(missing), bars_before_listing=len(before_listing),
+    result = _result("coverage", bad, missing_days=len(missing), bars_outside_span=len(outside),
                      symbols_without_data=len(not_held))
     if not not_held:
         return result

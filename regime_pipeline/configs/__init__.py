@@ -7,6 +7,7 @@ here, so a change to a yaml file is a change everywhere.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -38,16 +39,53 @@ class Asset:
     symbol: str  # Binance spot symbol, e.g. "BTCUSDT"
     base: str  # base currency, e.g. "BTC"
     quote: str  # quote currency, "USDT"
-    listed: dt.date  # first UTC trading day on Binance spot
+    listed: dt.date  # first UTC day with a full daily bar on Binance spot
+    last_bar: dt.date | None = None  # last day with a full bar; None: through the end of the data
+    last_day: dt.date | None = None  # last day with a price (a close); later than last_bar only with closes-only days
+    end: str | None = None  # why the data end: "delisted" or "data" (the copies end)
+
+    def __post_init__(self) -> None:
+        if self.last_day is None and self.last_bar is not None:
+            object.__setattr__(self, "last_day", self.last_bar)
+        if self.last_bar is not None and not (self.listed <= self.last_bar <= self.last_day):
+            raise ValueError(f"configs/universe.yaml: {self.symbol} needs listed <= last_bar <= last_day")
+
+    def trades_on(self, day: dt.date) -> bool:
+        """Whether the asset has a full bar on `day` (listed, not past its last bar)."""
+        return self.listed <= day and (self.last_bar is None or day <= self.last_bar)
+
+
+MODES = ("fixed", "point_in_time")
+UNIVERSE_ENV = "REGIME_UNIVERSE"
 
 
 @dataclass(frozen=True)
 class Universe:
+    """The candidate assets and how the portfolio's universe is chosen from them.
+
+    :ivar assets: every candidate, in the order of ``configs/universe.yaml``
+    :ivar mode: ``point_in_time`` (the `size` largest by trailing quote volume at each
+        rebalance) or ``fixed`` (the assets of `fixed`, each from its listing)
+    :ivar fixed: the 13 symbols of the fixed universe
+    :ivar size: members chosen at each rebalance (point_in_time)
+    :ivar quote_volume_window_days: days of the trailing mean quote volume the ranking uses
+    """
+
     assets: tuple[Asset, ...]
+    mode: str = "fixed"
+    fixed: tuple[str, ...] = ()
+    size: int = 13
+    quote_volume_window_days: int = 30
 
     @property
     def symbols(self) -> list[str]:
+        """Every candidate's symbol (the data cover them all, whatever the mode)."""
         return [a.symbol for a in self.assets]
+
+    @property
+    def candidates(self) -> list[str]:
+        """The symbols the universe is chosen from: every candidate (point_in_time), or `fixed`."""
+        return list(self.fixed) if self.mode == "fixed" else self.symbols
 
     def __getitem__(self, symbol: str) -> Asset:
         for asset in self.assets:
@@ -61,6 +99,20 @@ class Universe:
     def listing_dates(self) -> dict[str, dt.date]:
         return {a.symbol: a.listed for a in self.assets}
 
+    def last_bars(self) -> dict[str, dt.date]:
+        """``{symbol: last day with a full bar}`` of the assets whose data end."""
+        return {a.symbol: a.last_bar for a in self.assets if a.last_bar is not None}
+
+    def trading(self, start: dt.date, end: dt.date) -> list[str]:
+        """The symbols with a full bar on some day of ``[start, end)``."""
+        return [a.symbol for a in self.assets if a.listed < end and (a.last_bar is None or a.last_bar >= start)]
+
+    def with_mode(self, mode: str) -> Universe:
+        """The same candidates under another `mode`."""
+        if mode not in MODES:
+            raise ValueError(f"universe mode must be one of {MODES}, got {mode!r}")
+        return Universe(self.assets, mode, self.fixed, self.size, self.quote_volume_window_days)
+
 
 @dataclass(frozen=True)
 class Split:
@@ -71,13 +123,26 @@ class Split:
 
 @cache
 def universe() -> Universe:
+    """``configs/universe.yaml``; the mode from ``$REGIME_UNIVERSE`` when it is set (read once)."""
     raw = load_yaml("universe")
+    where = CONFIG_DIR / "universe.yaml"
     quote = raw["quote"]
     assets = tuple(
-        Asset(symbol=a["symbol"], base=a["base"], quote=quote, listed=a["listed"])
+        Asset(symbol=a["symbol"], base=a["base"], quote=quote, listed=a["listed"], last_bar=a.get("last_bar"),
+              last_day=a.get("last_day"), end=a.get("end"))
         for a in raw["assets"]
     )
-    return Universe(assets=assets)
+    symbols = [a.symbol for a in assets]
+    if len(set(symbols)) != len(symbols):
+        raise ValueError(f"{where}: a symbol is listed twice")
+    fixed = tuple(raw.get("fixed") or symbols)
+    unknown = [s for s in fixed if s not in symbols]
+    if unknown:
+        raise ValueError(f"{where}: fixed names {unknown}, which are not in assets")
+    mode = os.environ.get(UNIVERSE_ENV) or raw.get("mode", "fixed")
+    if mode not in MODES:
+        raise ValueError(f"{where} (or ${UNIVERSE_ENV}): mode must be one of {MODES}, got {mode!r}")
+    return Universe(assets, mode, fixed, int(raw.get("size", len(fixed))), int(raw.get("quote_volume_window_days", 30)))
 
 
 @cache

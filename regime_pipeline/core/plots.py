@@ -200,6 +200,35 @@ def plot_equity_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: 
     return fig
 
 
+def plot_membership(universe_rows: pd.DataFrame, title: str) -> plt.Figure:
+    """Who is in the universe over time: one row per candidate (in order of listing), dark where
+    it is a member, light where it trades but is not a member, blank where it has no bar; above,
+    the number of members per day.
+
+    :param universe_rows: ``date, symbol, member`` (the `universe` table)
+    """
+    frame = universe_rows.assign(date=pd.to_datetime(universe_rows["date"]),
+                                 code=np.where(universe_rows["member"].astype(bool), 2, 1))
+    first = frame.groupby("symbol")["date"].min().sort_values()
+    grid = frame.pivot(index="symbol", columns="date", values="code").reindex(first.index).fillna(0)
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 2.2 + 0.2 * len(grid)), sharex=False, gridspec_kw={"height_ratios": [1, 4]},
+        constrained_layout=True,
+    )
+    counts = (grid == 2).sum(axis=0)
+    top.step(grid.columns, counts.to_numpy(), where="post", color="#4c72b0")
+    top.set_ylabel("members")
+    top.set_xlim(grid.columns[0], grid.columns[-1])
+    top.set_title(title)
+    cmap = matplotlib.colors.ListedColormap(["#ffffff", "#d9e2ef", "#2f4b7c"])
+    bottom.imshow(grid.to_numpy(), aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=2)
+    bottom.set_yticks(range(len(grid.index)), [s.removesuffix("USDT") for s in grid.index], fontsize=7)
+    ticks = np.linspace(0, len(grid.columns) - 1, num=min(9, len(grid.columns))).astype(int)
+    bottom.set_xticks(ticks, [f"{grid.columns[i]:%Y-%m-%d}" for i in ticks], fontsize=7)
+    bottom.set_title("dark = member, light = trading but not a member, blank = no bar", fontsize=8)
+    return fig
+
+
 def plot_differences(frame: pd.DataFrame, metric: str, reference: str, title: str) -> plt.Figure:
     """Each strategy's difference to `reference` per origin (and pooled) with its interval: one
     panel per strategy, a point and a bar per origin, zero marked.

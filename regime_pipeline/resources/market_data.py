@@ -33,7 +33,8 @@ class MarketData(dg.ConfigurableResource):
             from regime_pipeline.core.data.sources.embedded import EmbeddedSource
 
             paths = data_settings()["embedded"]
-            return EmbeddedSource(PROJECT_ROOT / paths["daily_klines"], PROJECT_ROOT / paths["minute_bars"])
+            return EmbeddedSource(PROJECT_ROOT / paths["daily_klines"], PROJECT_ROOT / paths["minute_bars"],
+                                  PROJECT_ROOT / paths["daily_closes"])
         if self.source == "binance_files":
             from regime_pipeline.core.data.sources.binance_files import BinanceFilesSource
 

@@ -20,9 +20,21 @@ to and including that close enter it (causal):
   last 4 steps (weeks), × sqrt(365); 0 with fewer than 2 returns
 * ``[P+N+4, P+2N+4)``   listed mask: 1.0 where the asset has a close on day ``d``
 
+With ``slots`` (a point-in-time universe, :mod:`regime_pipeline.core.data.universe`), N above is
+the number of slots S, not of assets: decision k's slot s holds asset ``slots[k, s]`` (-1: empty),
+the probability block is that asset's ``asset_prob_width`` columns per slot then the market-wide
+ones, the weights, mask and action coordinates are per slot, and the shape stays fixed however
+the members change. The accounting stays per asset: an asset that leaves the members is sold at
+the next rebalance (target 0), whatever slot it held.
+
+Assets whose data end or that have a close but no full bar are accounted as
+:mod:`regime_pipeline.core.allocation.exits` says (sold at the last close; valued, not traded, on a
+close-only day), by the same :func:`portfolio.trade` as ``simulate``.
+
 Action (``Box(-1, 1, (N + 1,))``, assets then cash) -> target weights by a Euclidean projection
 onto the simplex (sparsemax) of ``scale · action`` restricted to the tradable coordinates (the
-assets listed at close ``d``, plus cash); unlisted assets get exactly 0. Unlike a softmax over a
+assets eligible at close ``d``: members, or listed without a universe, with a full bar at the next
+open; plus cash); the others get exactly 0. Unlike a softmax over a
 bounded box, every point of the simplex is reachable: with ``scale · 2 >= 1`` an action of +1 on
 one coordinate and -1 elsewhere gives a weight of exactly 1 there, and any coordinate whose
 value is at least ``1 / scale`` below the top one gets exactly 0. Equal actions give equal
@@ -72,7 +84,8 @@ import numpy as np
 from gymnasium import spaces
 
 from regime_pipeline.configs import load_yaml
-from regime_pipeline.core.allocation.portfolio import Costs
+from regime_pipeline.core.allocation import exits
+from regime_pipeline.core.allocation.portfolio import Costs, trade
 
 PERIODS_PER_YEAR = 365  # annualisation of the volatility feature, as in performance.py
 VOL_WINDOW_WEEKS = 4
@@ -155,9 +168,11 @@ def apply_no_trade_band(target: np.ndarray, current: np.ndarray, band: float, ra
 class AllocationEnv(gymnasium.Env):
     """Weekly long-only allocation over N assets + cash; see the module docstring.
 
-    :param open_: (T, N) daily open prices in USDT, NaN where not listed.
-    :param close: (T, N) daily close prices in USDT, NaN where not listed. Once an asset has a
-        close it must have an open and a close every later day (no gaps).
+    :param open_: (T, N) daily open prices in USDT, NaN where the asset has no full bar (not
+        listed, a close-only day, past its last bar).
+    :param close: (T, N) daily close prices in USDT, NaN where the asset has no price. Between an
+        asset's first and last close every day has a close (no holes); a last close before T - 1
+        is where its data end.
     :param probs: (T, P) features known at each day's close (regime probabilities).
     :param decision_days: (K,) strictly increasing day indices in [0, T - 2].
     :param costs: a :class:`Costs` or the rate per unit of turnover (fraction).
@@ -170,6 +185,12 @@ class AllocationEnv(gymnasium.Env):
         (:func:`apply_no_trade_band`); 0 trades every change.
     :param rebalance_rate: fraction of the way from the current weights to the (banded) target
         the book moves at a rebalance, in (0, 1]; 1 trades to it in full.
+    :param members: (T, N) True where the asset is in the universe that day; None: every asset
+        with a close. A decision weighs only members with a full bar at the next open.
+    :param slots: (K, S) asset index in each slot at each decision, -1 for an empty slot; None:
+        slot i is asset i at every decision (S = N).
+    :param asset_prob_width: with `slots`, the number of columns per asset at the start of
+        `probs` (laid out asset by asset, N · width, then the market-wide columns).
     """
 
     metadata = {"render_modes": []}
@@ -187,6 +208,9 @@ class AllocationEnv(gymnasium.Env):
         action_scale: float = 1.0,
         no_trade_band: float = 0.0,
         rebalance_rate: float = 1.0,
+        members: np.ndarray | None = None,
+        slots: np.ndarray | None = None,
+        asset_prob_width: int | None = None,
     ) -> None:
         super().__init__()
         open_ = np.asarray(open_, dtype="float64")
@@ -208,17 +232,38 @@ class AllocationEnv(gymnasium.Env):
             raise ValueError(f"rebalance_rate must be in (0, 1], got {rebalance_rate}")
         if episode_weeks is not None and episode_weeks < 1:
             raise ValueError("episode_weeks must be >= 1 or None")
-        # Holding an asset through a missing price has no defined value: refuse such data once
-        # here instead of checking every step.
+        self.rate = costs.rate if isinstance(costs, Costs) else float(costs)
+        # Refuses a hole in an asset's closes once here instead of checking every step.
+        self._marks = exits.marks(open_, close, self.rate)
         listed_close = np.isfinite(close)
-        ever = np.maximum.accumulate(listed_close, axis=0)
-        if (ever & ~(listed_close & np.isfinite(open_))).any():
-            t, i = np.argwhere(ever & ~(listed_close & np.isfinite(open_)))[0]
-            raise ValueError(f"asset {i} has a missing price on day {t} after its listing")
+        if members is not None:
+            members = np.asarray(members, dtype=bool)
+            if members.shape != close.shape:
+                raise ValueError(f"members must be {close.shape}, got {members.shape}")
+            listed_close = listed_close & members
+        eligible = listed_close[days] & self._marks.tradable[days + 1]  # (K, N)
+        if slots is None:
+            slot_assets = np.broadcast_to(np.arange(n), (days.size, n))
+            width, n_market = probs.shape[1], 0
+            self._slotted = False
+        else:
+            slot_assets = np.asarray(slots, dtype="int64")
+            if slot_assets.ndim != 2 or slot_assets.shape[0] != days.size or (slot_assets >= n).any():
+                raise ValueError(f"slots must be ({days.size}, S) asset indices < {n} or -1, got {slot_assets.shape}")
+            if asset_prob_width is None or probs.shape[1] < n * asset_prob_width:
+                raise ValueError(f"slots need asset_prob_width with probs of at least N · width columns, got {probs.shape}")
+            width, n_market = int(asset_prob_width), probs.shape[1] - n * int(asset_prob_width)
+            self._slotted = True
+            placed = np.zeros((days.size, n), dtype=bool)
+            rows = np.nonzero(slot_assets >= 0)
+            placed[rows[0], slot_assets[rows]] = True
+            if (eligible & ~placed).any():
+                k, i = np.argwhere(eligible & ~placed)[0]
+                raise ValueError(f"asset {i} may be weighed at decision {k} but holds no slot")
+        s = slot_assets.shape[1]
 
         self.n_assets = n
-        self.n_probs = probs.shape[1]
-        self.rate = costs.rate if isinstance(costs, Costs) else float(costs)
+        self.n_slots = s
         self.reward_config = RewardConfig.from_config() if reward is None else reward
         self.episode_weeks = episode_weeks
         self.random_start = random_start
@@ -228,29 +273,35 @@ class AllocationEnv(gymnasium.Env):
         self.decision_days = days
         # Step k trades at the open of days[k] + 1 and ends at the close of ends[k].
         self.ends = np.append(days[1:], t_days - 1)
-        self._open0 = np.nan_to_num(open_, nan=0.0)
-        self._close0 = np.nan_to_num(close, nan=0.0)
         self._probs = np.nan_to_num(probs, nan=0.0).astype(np.float32)
-        self._listed_days = listed_close.astype(np.float64)  # (T, N) listed at each close
-        self._listed = listed_close[days]  # (K, N) tradable at each decision
-        # Equal-weight reference log growth per step, close d -> close of the week's end.
+        self._slot_assets = slot_assets
+        self._filled = slot_assets >= 0  # (K, S)
+        self._safe_slots = np.where(self._filled, slot_assets, 0)
+        self._width, self._n_market = width, n_market
+        self.n_probs = s * width + n_market if self._slotted else probs.shape[1]
+        self._has_close = np.isfinite(close)  # (T, N) a close, member or not: a held book's start
+        self._listed_days = listed_close.astype(np.float64)  # (T, N) listed (a member) at each close
+        self._listed = eligible
+        # Equal-weight reference log growth per step, close d -> close of the week's end (an asset
+        # whose data end inside the week at its exit value).
         n_listed = self._listed.sum(axis=1)
-        ratio = np.where(self._listed, self._close0[self.ends] / np.where(self._listed, close[days], 1.0), 0.0)
+        start_close = np.where(self._listed, np.nan_to_num(close[days]), 1.0)
+        ratio = np.where(self._listed, self._marks.close_value[self.ends] / start_close, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            self._ref_growth = np.where(n_listed > 0, np.log(ratio.sum(axis=1) / n_listed), 0.0)
+            self._ref_growth = np.where(n_listed > 0, np.log(ratio.sum(axis=1) / np.maximum(n_listed, 1)), 0.0)
 
         p_low = min(0.0, float(self._probs.min()))
         p_high = max(1.0, float(self._probs.max()))
         big = np.float32(1e6)  # returns and volatility are unbounded in principle
-        low = np.concatenate([np.full(self.n_probs, p_low), np.zeros(n + 1), [-1.0, -1.0, 0.0], np.zeros(n)])
-        high = np.concatenate([np.full(self.n_probs, p_high), np.ones(n + 1), [big, 0.0, big], np.ones(n)])
+        low = np.concatenate([np.full(self.n_probs, p_low), np.zeros(s + 1), [-1.0, -1.0, 0.0], np.zeros(s)])
+        high = np.concatenate([np.full(self.n_probs, p_high), np.ones(s + 1), [big, 0.0, big], np.ones(s)])
         self.observation_space = spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(n + 1,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(s + 1,), dtype=np.float32)
 
         # Per-step constants, so that step() is a handful of array operations (no pandas, no
         # per-step allocation of index arrays).
-        self._open_safe = np.where(listed_close, self._open0, 1.0)
-        self._keep = np.hstack([self._listed, np.ones((days.size, 1), dtype=bool)])  # (K, N + 1) tradable
+        slot_ok = self._filled & np.take_along_axis(eligible, self._safe_slots, axis=1)
+        self._keep = np.hstack([slot_ok, np.ones((days.size, 1), dtype=bool)])  # (K, S + 1) tradable slots
         self._obs = np.zeros(self.observation_space.shape, dtype=np.float32)
         self._obs_low, self._obs_high = self.observation_space.low, self.observation_space.high
 
@@ -269,37 +320,60 @@ class AllocationEnv(gymnasium.Env):
 
     def action_to_weights(self, action: np.ndarray, listed: np.ndarray) -> np.ndarray:
         """Target weights (N + 1,) for `action` (N + 1,) given the `listed` mask (N,): simplex
-        projection of ``scale · clip(action, -1, 1)`` over the listed assets and cash (before
-        the no-trade band)."""
-        return self._project(action, np.append(listed, True))
+        projection of ``scale · clip(action, -1, 1)`` over the listed assets and cash (slot i =
+        asset i), before the no-trade band."""
+        return self._to_assets(action, np.append(listed, True), np.arange(self.n_assets))
 
-    def _project(self, action: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    def _project(self, action: np.ndarray, k: int) -> np.ndarray:
+        return self._to_assets(action, self._keep[k], self._slot_assets[k])
+
+    def _to_assets(self, action: np.ndarray, keep: np.ndarray, slot_assets: np.ndarray) -> np.ndarray:
+        """Project the slots' action over the kept slots and cash, then place each slot's weight on
+        its asset: (N + 1,) asset weights, cash last."""
         a = np.asarray(action, dtype="float64").reshape(-1)[keep]
+        per_slot = np.zeros(keep.size)
+        per_slot[keep] = project_simplex(np.minimum(np.maximum(a, -1.0), 1.0) * self.action_scale)
         w = np.zeros(self.n_assets + 1)
-        w[keep] = project_simplex(np.minimum(np.maximum(a, -1.0), 1.0) * self.action_scale)
+        filled = slot_assets >= 0
+        w[slot_assets[filled]] = per_slot[:-1][filled]
+        w[self.n_assets] = per_slot[-1]
         return w
 
     # -- gymnasium API -------------------------------------------------------------------------
 
-    def _observation(self, day: int) -> np.ndarray:
-        """Observation at the close of `day` (the current state's day); see the module docstring."""
-        n, p = self.n_assets, self.n_probs
+    def _observation(self, day: int, k: int) -> np.ndarray:
+        """Observation at the close of `day` (the current state's day), with the slots of decision
+        `k`; see the module docstring."""
+        s, p = self.n_slots, self.n_probs
         obs = self._obs
-        obs[:p] = self._probs[day]
-        obs[p : p + n] = self._close0[day] * self._units / self._value
-        obs[p + n] = self._cash / self._value
+        mark = self._marks
+        held = mark.close_value[day] * self._units
+        sold = mark.sold[day]
+        cash = self._cash + float(np.add.reduce(held[sold])) if sold.any() else self._cash
+        if self._slotted:
+            k = min(k, self._slot_assets.shape[0] - 1)
+            filled, assets = self._filled[k], self._safe_slots[k]
+            block = self._probs[day, : self.n_assets * self._width].reshape(self.n_assets, self._width)
+            obs[: s * self._width] = np.where(filled[:, None], block[assets], 0.0).reshape(-1)
+            obs[s * self._width : p] = self._probs[day, self.n_assets * self._width :]
+            obs[p : p + s] = np.where(filled, np.where(sold, 0.0, held)[assets], 0.0) / self._value
+            obs[p + s + 4 :] = np.where(filled, self._listed_days[day][assets], 0.0)
+        else:
+            obs[:p] = self._probs[day]
+            obs[p : p + s] = np.where(sold, 0.0, held) / self._value
+            obs[p + s + 4 :] = self._listed_days[day]
+        obs[p + s] = cash / self._value
         count, total, squares = 0, 0.0, 0.0
-        for c, s, q in self._recent:
-            count, total, squares = count + c, total + s, squares + q
+        for c, sm, q in self._recent:
+            count, total, squares = count + c, total + sm, squares + q
         if count >= 2:
             variance = max(squares - total * total / count, 0.0) / (count - 1)
             vol = math.sqrt(variance * PERIODS_PER_YEAR)
         else:
             vol = 0.0
-        obs[p + n + 1] = self._last_return
-        obs[p + n + 2] = self._value / self._peak - 1.0
-        obs[p + n + 3] = vol
-        obs[p + n + 4 :] = self._listed_days[day]
+        obs[p + s + 1] = self._last_return
+        obs[p + s + 2] = self._value / self._peak - 1.0
+        obs[p + s + 3] = vol
         # Float32 rounding may step a hair outside the declared bounds (e.g. a weight 1 + 1e-16).
         return np.minimum(np.maximum(obs, self._obs_low), self._obs_high)
 
@@ -327,26 +401,26 @@ class AllocationEnv(gymnasium.Env):
         if options and options.get("weights") is not None:
             held = np.asarray(options["weights"], dtype="float64").reshape(-1)
             n = self.n_assets
-            listed = self._listed_days[day] > 0
+            listed = self._has_close[day]
             if (held.shape != (n + 1,) or not np.isfinite(held).all() or (held < -1e-9).any()
                     or abs(held.sum() - 1.0) > 1e-6 or (held[:n][~listed] > 0).any()):
                 raise ValueError(f"start weights must be {n + 1} long-only weights summing to 1 with nothing on an "
                                  f"asset without a close on the start day, got {held}")
             held = np.clip(held, 0.0, None) / np.clip(held, 0.0, None).sum()
-            self._units = np.where(listed, held[:n] / np.where(listed, self._close0[day], 1.0), 0.0)
+            self._units = np.where(listed, held[:n] / np.where(listed, self._marks.close_value[day], 1.0), 0.0)
             self._cash = float(held[n])
         self._value = 1.0
         self._peak = 1.0
         self._last_return = 0.0
         self._recent.clear()
-        return self._observation(day), {"start": start, "day": day}
+        return self._observation(day, start), {"start": start, "day": day}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Trade to the target of `action` at the next open, hold to the next decision close.
 
-        info: ``target`` (N + 1,), ``turnover``, ``cost`` (in equity units, start = 1.0),
-        ``daily_returns`` (n,), ``equity`` (n,) closes of the week's days, ``first_day`` (the index of
-        the trade day, the first of those n days),
+        info: ``target`` (N + 1,) asset weights, ``turnover``, ``cost`` (in equity units, start =
+        1.0), ``daily_returns`` (n,), ``equity`` (n,) closes of the week's days, ``first_day`` (the
+        index of the trade day, the first of those n days),
         ``value`` (the week's final value), ``reference_growth``.
         """
         if self._k >= self._stop:
@@ -354,68 +428,84 @@ class AllocationEnv(gymnasium.Env):
         return self.step_weights(self.pending_weights(action))
 
     def target_weights(self, action: np.ndarray) -> np.ndarray:
-        """The target (N + 1,) `action` maps to at the current decision, before the no-trade
-        band: what a policy wants (an ensemble averages these)."""
-        return self._project(action, self._keep[self._k])
+        """The target asset weights (N + 1,) `action` maps to at the current decision, before the
+        no-trade band: what a policy wants (an ensemble averages these)."""
+        return self._project(action, self._k)
 
     def target_weights_batch(self, actions: np.ndarray) -> np.ndarray:
-        """:meth:`target_weights` of each row of `actions` (S, N + 1) at once: (S, N + 1)."""
-        keep = self._keep[self._k]
+        """:meth:`target_weights` of each row of `actions` (B, S + 1) at once: (B, N + 1)."""
+        k = self._k
+        keep = self._keep[k]
         a = np.clip(np.asarray(actions, dtype="float64")[:, keep], -1.0, 1.0)
         a *= self.action_scale
+        per_slot = np.zeros((a.shape[0], keep.size))
+        per_slot[:, keep] = project_simplex_rows(a)
+        if not self._slotted:
+            return per_slot
         w = np.zeros((a.shape[0], self.n_assets + 1))
-        w[:, keep] = project_simplex_rows(a)
+        filled = self._filled[k]
+        w[:, self._slot_assets[k][filled]] = per_slot[:, :-1][:, filled]
+        w[:, self.n_assets] = per_slot[:, -1]
         return w
 
     def current_weights(self) -> np.ndarray:
-        """The (drifted) weights (N + 1,) held at the current decision's close, cash last."""
+        """The (drifted) asset weights (N + 1,) held at the current decision's close, cash last (a
+        holding sold at its last close counted as cash)."""
         d = int(self.decision_days[self._k])
+        held = self._marks.close_value[d] * self._units
+        sold = self._marks.sold[d]
         w = np.empty(self.n_assets + 1)
-        np.multiply(self._close0[d], self._units, out=w[: self.n_assets])
-        w[self.n_assets] = self._cash
+        w[: self.n_assets] = np.where(sold, 0.0, held)
+        w[self.n_assets] = self._cash + float(np.add.reduce(held[sold])) if sold.any() else self._cash
         w /= self._value
         return w
 
     def trade_weights(self, target: np.ndarray) -> np.ndarray:
         """What is traded for `target` (N + 1,) at the current decision: the no-trade band,
         then the rebalance rate, against the weights held at its close (which every input of
-        the decision knows); see the module docstring."""
+        the decision knows); see the module docstring. An asset that may not be weighed at the
+        decision (no longer a member, or no full bar at the next open) is not kept by the band:
+        it is sold (its weight goes to cash), as the target says."""
         if self.no_trade_band <= 0.0 and self.rebalance_rate >= 1.0:
             return target
-        return apply_no_trade_band(target, self.current_weights(), self.no_trade_band, self.rebalance_rate)
+        out = apply_no_trade_band(target, self.current_weights(), self.no_trade_band, self.rebalance_rate)
+        n = self.n_assets
+        off = ~self._listed[self._k] & (out[:n] > 0.0)
+        if off.any():
+            out = out.copy()
+            out[n] += float(np.add.reduce(out[:n][off]))
+            out[:n][off] = 0.0
+        return out
 
     def pending_weights(self, action: np.ndarray) -> np.ndarray:
-        """The weights (N + 1,) `action` trades to at the current decision (band applied)."""
+        """The asset weights (N + 1,) `action` trades to at the current decision (band applied)."""
         return self.trade_weights(self.target_weights(action))
 
     def book_at_next_open(self) -> tuple[np.ndarray, float]:
-        """The portfolio at the open of the next trade day, before trading: weights (N + 1,),
-        cash last, and value (start = 1.0). What a risk check sees before the trade."""
+        """The portfolio at the open of the next trade day, before trading: asset weights (N + 1,),
+        cash last (a holding sold at its last close counted as cash), and value (start = 1.0).
+        What a risk check sees before the trade."""
         t = int(self.decision_days[self._k]) + 1
-        held = self._units * self._open0[t]
-        value = self._cash + float(np.add.reduce(held))
-        return np.append(held, self._cash) / value, value
+        held = self._units * self._marks.open_value[t]
+        gone = self._marks.sold[t - 1]
+        cash = self._cash + float(np.add.reduce(held[gone]))
+        held = np.where(gone, 0.0, held)
+        value = cash + float(np.add.reduce(held))
+        return np.append(held, cash) / value, value
 
     def step_weights(self, target: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """:meth:`step` with explicit target weights (N + 1,), long-only, summing to 1, zero on
-        the assets not listed at the decision (e.g. an action's weights after risk limits)."""
+        """:meth:`step` with explicit target asset weights (N + 1,), long-only, summing to 1, zero
+        on the assets that may not be weighed at the decision (e.g. an action's weights after risk
+        limits)."""
         if self._k >= self._stop:
             raise RuntimeError("step() called after the episode ended; call reset()")
-        n, k = self.n_assets, self._k
+        k = self._k
         d, e = int(self.decision_days[k]), int(self.ends[k])
         t = d + 1
 
-        # The accounting of portfolio.simulate, one trade at a time (equity equal to ~1e-14 relative).
-        open_t = self._open0[t]
-        held_open = self._units * open_t
-        v_open = self._cash + float(np.add.reduce(held_open))
-        turnover = float(np.add.reduce(np.abs(target[:n] - held_open / v_open)))
-        cost = self.rate * turnover * v_open
-        v_after = v_open - cost
-        # An unlisted asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
-        self._units = target[:n] * (v_after / self._open_safe[t])
-        self._cash = float(target[n] * v_after)
-        equity = self._close0[t : e + 1] @ self._units + self._cash  # (n_days,)
+        # The same trade as portfolio.simulate (equal equity to ~1e-15).
+        self._units, self._cash, _, turnover, cost = trade(self._units, self._cash, target, t, self._marks, self.rate)
+        equity = self._marks.close_value[t : e + 1] @ self._units + self._cash  # (n_days,)
         previous = np.empty_like(equity)
         previous[0] = self._value
         previous[1:] = equity[:-1]
@@ -436,7 +526,7 @@ class AllocationEnv(gymnasium.Env):
         self._k += 1
         terminated = self._k >= self.decision_days.size
         truncated = not terminated and self._k >= self._stop
-        obs = self._observation(e)  # e is the next decision day, or the data's last day
+        obs = self._observation(e, self._k)  # e is the next decision day, or the data's last day
         info = {
             "target": target,
             "turnover": turnover,

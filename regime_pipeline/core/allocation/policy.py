@@ -8,6 +8,11 @@ is, for each universe asset in order, that asset's vol and trend class probabili
 the market-wide cross probabilities once: ``P = N · (n_vol + n_trend) + n_cross``. A day
 without probabilities for an asset (not listed, or too short a history for the detectors'
 windows) has zeros there, and the observation's listed mask tells the policy which is which.
+
+On a point-in-time universe (more candidates than the universe's `size`), the observation and
+the action are over `size` slots filled by each decision's members (:func:`slot_table`), so the
+policy keeps one shape whoever the members are; with no more candidates than slots, slot i is
+asset i (the fixed universe, as before).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from regime_pipeline.configs import universe
 from regime_pipeline.core.allocation.env import AllocationEnv, RewardConfig
 from regime_pipeline.core.allocation.portfolio import Result, simulate
 from regime_pipeline.core.trading.risk import RiskLimits, StaleDataError, apply_limits, drawdown_state
@@ -52,7 +58,7 @@ class AllocationData:
     def through(self, day: dt.date) -> AllocationData:
         """The same data cut after `day` (inclusive)."""
         keep = self.prices.dates <= day
-        prices = Prices(self.prices.dates[keep], self.prices.symbols, self.prices.open[keep], self.prices.close[keep])
+        prices = self.prices.cut(keep)
         return AllocationData(prices, self.probs[keep], self.prob_columns)
 
     def padded(self, days: int) -> AllocationData:
@@ -60,9 +66,11 @@ class AllocationData:
         close, no probabilities. For an environment whose last decision is the last real close."""
         dates = np.array([self.prices.dates[-1] + dt.timedelta(days=i) for i in range(1, days + 1)])
         last = np.repeat(self.prices.close[-1:], days, axis=0)
+        members = self.prices.members
         prices = Prices(
             np.concatenate([self.prices.dates, dates]), self.prices.symbols,
             np.vstack([self.prices.open, last]), np.vstack([self.prices.close, last]),
+            None if members is None else np.vstack([members, np.repeat(members[-1:], days, axis=0)]),
         )
         return AllocationData(prices, np.vstack([self.probs, np.full((days, self.probs.shape[1]), np.nan)]), self.prob_columns)
 
@@ -74,14 +82,20 @@ class AllocationData:
         return int(hits[0])
 
 
-def allocation_data(bars: pd.DataFrame, probabilities: pd.DataFrame) -> AllocationData:
+def allocation_data(
+    bars: pd.DataFrame, probabilities: pd.DataFrame, closes: pd.DataFrame | None = None,
+    universe_rows: pd.DataFrame | None = None,
+) -> AllocationData:
     """Pivot `daily_bars` and `regime_probabilities` rows to arrays on the bars' calendar.
 
     :param bars: ``date, symbol, open, close, ...`` rows.
     :param probabilities: ``date, symbol, vol_<c>..., trend_<c>..., cross_<c>...`` rows (the
         cross columns repeat the date's market-wide values on every symbol's row).
+    :param closes: `daily_closes` rows: close-only days (valued, not traded).
+    :param universe_rows: the `universe` table: the members each decision may weigh; None: every
+        asset with a full bar.
     """
-    prices = wide_prices(bars)
+    prices = wide_prices(bars, closes=closes, universe_rows=universe_rows)
     calendar = pd.DatetimeIndex(pd.to_datetime(prices.dates))
     asset_columns = [c for c in probabilities.columns if c.startswith(ASSET_PREFIXES)]
     market_columns = [c for c in probabilities.columns if c.startswith(MARKET_PREFIX)]
@@ -123,10 +137,45 @@ def make_env(
                 reward=reward, action_scale=action_scale, no_trade_band=no_trade_band, rebalance_rate=rebalance_rate)
 
 
+def slot_table(members: np.ndarray, size: int) -> np.ndarray:
+    """(K, size) asset index in each slot at each decision, -1 where empty, from the (K, N)
+    members of the decisions: a member keeps its slot while it stays a member (so a holding's
+    weight, its probabilities and its action stay in one place), a new member takes the first free
+    slot, in candidate order.
+
+    :raises ValueError: a decision with more than `size` members
+    """
+    slots = np.full((members.shape[0], size), -1, dtype="int64")
+    current = np.full(size, -1, dtype="int64")
+    for k, row in enumerate(np.asarray(members, dtype=bool)):
+        wanted = np.flatnonzero(row)
+        if wanted.size > size:
+            raise ValueError(f"decision {k}: {wanted.size} members for {size} slots")
+        current = np.where(np.isin(current, wanted), current, -1)
+        new = wanted[~np.isin(wanted, current)]
+        free = np.flatnonzero(current < 0)[: new.size]
+        current[free] = new
+        slots[k] = current
+    return slots
+
+
 def _env(data: AllocationData, window: tuple[int, int, np.ndarray], **kwargs: Any) -> AllocationEnv:
     first, last, days = window
     rows = slice(first, last + 1)
-    return AllocationEnv(data.prices.open[rows], data.prices.close[rows], data.probs[rows], days, settings().costs, **kwargs)
+    members = data.prices.members
+    size = universe().size
+    extra: dict[str, Any] = {}
+    if members is None and len(data.prices.symbols) > size:
+        raise ValueError(f"{len(data.prices.symbols)} candidate assets for {size} slots: the point-in-time universe "
+                         "needs the `universe` table (allocation_data(..., universe_rows=...))")
+    if members is not None:
+        extra["members"] = members[rows]
+        if len(data.prices.symbols) > size:
+            width = sum(":" in c for c in data.prob_columns) // len(data.prices.symbols)
+            extra.update(slots=slot_table(members[rows][days], size), asset_prob_width=width)
+    return AllocationEnv(
+        data.prices.open[rows], data.prices.close[rows], data.probs[rows], days, settings().costs, **kwargs, **extra,
+    )
 
 
 _ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}

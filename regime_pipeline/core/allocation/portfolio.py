@@ -31,10 +31,18 @@ Model (long-only, N assets quoted in USDT plus USDT cash):
   counted once and NOT halved: cash -> 100% BTC is 1.0 (one buy), 100% BTC -> 100% ETH is
   2.0 (a sell and a buy), each paying the per-side fee + slippage.
 
-No loop: between two trades the book only drifts, so the value at a trade's open is the value
-after the previous trade times the growth of the previous target's holdings, ``g_k = cash +
-Σ w_i · open_i[t_k] / open_i[t_k-1]``, and the value after each trade is a running product of
-``g_k · (1 - rate · turnover_k)``. Trades and then days are computed with array operations.
+* an asset whose data end inside the run (a delisting, a collapse: LUNA on 2022-05-13) is sold
+  at its last close, net of the costs and a configured haircut, and is cash from then on; on a
+  close-only day (a close, no full bar) a held asset is valued at its close and is not traded
+  (:mod:`regime_pipeline.core.allocation.exits`, :func:`trade`).
+
+No loop in the common case: between two trades the book only drifts, so the value at a trade's
+open is the value after the previous trade times the growth of the previous target's holdings,
+``g_k = cash + Σ w_i · open_value_i[t_k] / open_value_i[t_k-1]`` (an asset sold at its last
+close grows as the cash it became), and the value after each trade is a running product of
+``g_k · (1 - rate · turnover_k)``. Only a run in which a rebalance falls on a close-only day of
+a held asset (whose units the trade must leave as they are) goes trade by trade through
+:func:`trade`, a few operations per rebalance. The days are then computed all at once.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from regime_pipeline.configs import load_yaml
-from regime_pipeline.core.allocation import performance
+from regime_pipeline.core.allocation import exits, performance
 
 # Slack for "sum to 1" and ">= 0": targets come out of float arithmetic.
 WEIGHT_TOL = 1e-9
@@ -138,7 +146,7 @@ def validate_weights(
         i = int(np.flatnonzero(unlisted)[0])
         raise ValueError(
             f"target on {day}: weight {weights[i]} on {_label(i, symbol_names, 'asset')}, "
-            "which has no price that day (not listed)"
+            "which cannot be traded at that open (not listed, a close-only day, or past its last bar)"
         )
 
 
@@ -158,6 +166,101 @@ def _validate_all(targets: np.ndarray, prices: np.ndarray, explain) -> None:
         raise AssertionError("validate_weights accepted a target the batch check refused")
 
 
+def trade(
+    units: np.ndarray, cash: float, target: np.ndarray, t: int, mark: exits.Marks, rate: float,
+) -> tuple[np.ndarray, float, float, float, float]:
+    """One rebalance at the open of day `t`: the holdings before it (`units` (N,), `cash`) to
+    `target` (N + 1,), cash last. Returns ``(units, cash, value after the trade, turnover, cost)``.
+
+    A holding sold at its last close (its data ended) is cash by now. A held asset that cannot be
+    traded at this open (a close-only day) keeps its units, valued at the previous close, and the
+    target is applied to the rest of the book: with ``B`` the value of everything else, each
+    tradable asset moves to ``target_i · (B - cost) / open_i`` units and the cost is ``rate · Σ
+    |target_i · B - units_i · open_i|``. With nothing frozen (``B`` the whole book) this is the
+    module docstring's rule: turnover ``Σ |target_i - drifted_i|``, cost ``rate · turnover · V_open``.
+    """
+    n = units.shape[0]
+    gone = mark.sold[t - 1] & (units > 0)
+    if gone.any():  # sold at the last close before this trade: cash since
+        cash = cash + float(np.add.reduce(units[gone] * mark.exit_value[gone]))
+        units = np.where(gone, 0.0, units)
+    held_open = units * mark.open_value[t]
+    v_open = cash + float(np.add.reduce(held_open))
+    frozen = (units > 0) & mark.close_only[t]
+    if not frozen.any():
+        turnover = float(np.add.reduce(np.abs(target[:n] - held_open / v_open)))
+        cost = rate * turnover * v_open
+        v_after = v_open - cost
+        # An untradable asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
+        open_safe = np.where(mark.tradable[t], mark.open_value[t], 1.0)
+        return target[:n] * (v_after / open_safe), float(target[n] * v_after), v_after, turnover, cost
+    kept = float(np.add.reduce(held_open[frozen]))
+    rest = v_open - kept
+    moving = np.where(frozen, 0.0, target[:n] * rest - held_open)
+    cost = rate * float(np.add.reduce(np.abs(moving)))
+    open_safe = np.where(mark.tradable[t], mark.open_value[t], 1.0)
+    new_units = np.where(frozen, units, target[:n] * ((rest - cost) / open_safe))
+    return new_units, float(target[n] * (rest - cost)), v_open - cost, float(np.add.reduce(np.abs(moving))) / v_open, cost
+
+
+def _trades_sequential(
+    start_units: np.ndarray, start_cash: float, clean: np.ndarray, trades: np.ndarray,
+    mark: exits.Marks, rate: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every trade of a run through :func:`trade`, one after the other.
+
+    :returns: ``(seg_units (K + 1, N), seg_cash (K + 1,), v_after (K,), turnover (K,), costs (K,))``;
+        row 0 of the segments is the start, row k + 1 the holdings after trade k.
+    """
+    k_trades, n = clean.shape[0], start_units.shape[0]
+    seg_units = np.zeros((k_trades + 1, n))
+    seg_cash = np.empty(k_trades + 1)
+    v_after, turnover, costs = np.empty(k_trades), np.empty(k_trades), np.empty(k_trades)
+    units, cash = start_units, float(start_cash)
+    seg_units[0], seg_cash[0] = units, cash
+    for k, t in enumerate(trades):
+        units, cash, v_after[k], turnover[k], costs[k] = trade(units, cash, clean[k], t, mark, rate)
+        seg_units[k + 1], seg_cash[k + 1] = units, cash
+    return seg_units, seg_cash, v_after, turnover, costs
+
+
+def _trades_vectorised(
+    start_units: np.ndarray, start_cash: float, clean: np.ndarray, trades: np.ndarray,
+    mark: exits.Marks, rate: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The same as :func:`_trades_sequential` with array operations, for a run in which no trade
+    falls on a close-only day of a held asset (every holding can be traded at every trade's open).
+
+    A unit's value at each open is ``mark.open_value`` (the exit value once its data ended), so the
+    book's growth between two trades is a ratio of marks; a holding sold at its last close before
+    a trade is cash at that trade's open and counts as cash in its turnover, as in :func:`trade`.
+    """
+    k_trades, n = clean.shape[0], start_units.shape[0]
+    # An untradable asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
+    open_safe = np.where(mark.tradable, mark.open_value, 1.0)
+    gone = mark.sold[trades - 1]  # (K, N) sold at a last close before the trade: cash by then
+    held_growth = np.zeros((k_trades, n))  # value at trade k's open of what was held after trade k - 1
+    growth = np.ones(k_trades)  # g_k: over the value after trade k - 1 (the start value 1.0 for k = 0)
+    if k_trades:
+        held_growth[0] = start_units * mark.open_value[trades[0]]
+        growth[0] = start_cash + float(np.add.reduce(held_growth[0]))
+        held_growth[1:] = clean[:-1, :n] * (mark.open_value[trades[1:]] / open_safe[trades[:-1]])
+        growth[1:] = np.add.reduce(held_growth[1:], axis=1) + clean[:-1, n]
+    drifted = np.where(gone, 0.0, held_growth) / growth[:, None]  # asset weights at each trade's open
+    turnover = np.add.reduce(np.abs(clean[:, :n] - drifted), axis=1)
+    v_after = np.cumprod(growth * (1.0 - rate * turnover))
+    v_open = np.empty(k_trades)
+    v_open[:1] = growth[:1]
+    v_open[1:] = v_after[:-1] * growth[1:]
+    costs = rate * turnover * v_open
+    seg_units = np.zeros((k_trades + 1, n))
+    seg_cash = np.empty(k_trades + 1)
+    seg_units[0], seg_cash[0] = start_units, start_cash
+    seg_units[1:] = clean[:, :n] * v_after[:, None] / open_safe[trades]
+    seg_cash[1:] = clean[:, n] * v_after
+    return seg_units, seg_cash, v_after, turnover, costs
+
+
 def simulate(
     open_: np.ndarray,
     close: np.ndarray,
@@ -167,22 +270,28 @@ def simulate(
     *,
     dates: Sequence[Any] | np.ndarray | None = None,
     symbols: Sequence[str] | None = None,
+    haircut: float | None = None,
     initial: np.ndarray | Sequence[float] | None = None,
 ) -> Result:
-    """Run the accounting described in the module docstring.
+    """Run the accounting described in the module docstring, with assets whose data end sold at
+    their last close and close-only days valued but not traded (:mod:`exits`).
 
-    :param open_: (T, N) open prices in USDT, NaN where the asset is not listed.
-    :param close: (T, N) close prices in USDT, NaN where the asset is not listed.
+    :param open_: (T, N) open prices in USDT, NaN where the asset has no full bar (not listed
+        yet, a close-only day, or after its data end).
+    :param close: (T, N) close prices in USDT, NaN where the asset has no price. An asset's last
+        close before T - 1 is where its data end.
     :param targets: (K, N + 1) target weights, cash last, one row per decision.
     :param decision_days: (K,) strictly increasing day indices in [0, T - 2]; decision k is
         taken at the close of ``decision_days[k]`` and traded at the open of the next day.
     :param cost: a :class:`Costs`, or the rate per unit of turnover as a fraction.
     :param dates: (T,) optional day labels, used in error messages and kept in the result.
     :param symbols: (N,) optional asset names, used in error messages and kept in the result.
+    :param haircut: fraction of the last close lost on the forced sale of an asset whose data
+        end, beyond the costs; None: configs/backtest.yaml ``delisting_haircut``.
     :param initial: (N + 1,) weights held at the close of row 0 (value 1.0), cash last; default
         all cash.
-    :raises ValueError: bad shapes, invalid weights, a weight on an unlisted asset (naming
-        the symbol and the trade day), or a held asset with a missing price.
+    :raises ValueError: bad shapes, invalid weights, a weight on an asset that cannot be traded
+        at the open (naming the symbol and the trade day), or a held asset with a missing price.
     """
     open_ = np.asarray(open_, dtype="float64")
     close = np.asarray(close, dtype="float64")
@@ -202,27 +311,25 @@ def simulate(
         raise ValueError(f"cost rate must be >= 0, got {rate}")
     label = (lambda t: dates[t]) if dates is not None else (lambda t: f"day {t}")
 
-    # Prices with NaN -> 0 for the products: an unlisted asset is held in 0 units, and 0 * NaN
-    # would poison the portfolio value. Holding an asset with a missing price is checked
-    # explicitly below.
-    open0 = np.nan_to_num(open_, nan=0.0)
-    close0 = np.nan_to_num(close, nan=0.0)
+    # What each unit is worth at each open and close, and where it can be traded (exits.py):
+    # an asset whose data end in the run is sold at its last close and is cash from then on.
+    mark = exits.marks(open_, close, rate, haircut)
 
     turnover = np.empty(days.size)
     costs = np.empty(days.size)
 
     # Validate every target at once (the per-target check runs only to name the first bad one).
+    # A target may weigh only assets with a full bar at the trade's open.
     trades = days + 1
+    tradable_open = np.where(mark.tradable, open_, np.nan)
     if days.size:
-        _validate_all(targets, open_[trades], lambda k: validate_weights(
-            targets[k], open_[trades[k]], symbol_names=symbols,
+        _validate_all(targets, tradable_open[trades], lambda k: validate_weights(
+            targets[k], tradable_open[trades[k]], symbol_names=symbols,
             day=f"{label(trades[k])}'s open (decided at the close of {label(days[k])})",
         ))
     # Clip float dust (e.g. -1e-17) and renormalise so weights stay exactly valid.
     clean = np.clip(targets, 0.0, None)
     clean = clean / clean.sum(axis=1, keepdims=True) if days.size else clean
-    # An unlisted asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
-    open_safe = np.where(np.isnan(open_), 1.0, open_)
     start = np.zeros(n + 1)
     start[n] = 1.0
     if initial is not None:
@@ -231,32 +338,15 @@ def simulate(
         start = np.clip(start, 0.0, None) / np.clip(start, 0.0, None).sum()
     start_units = start[:n] / np.where(np.isnan(close[0]), 1.0, close[0])  # value 1.0 at row 0's close
 
-    # Trade by trade, as array operations: the drifted weights at each trade's open follow from
-    # the previous target and the open-to-open price ratios; the values are a running product.
-    n_trades = days.size
-    open_prev = open_safe[trades[:-1]]  # (K - 1, N): a placeholder 1 where the asset was not listed
-    held_growth = clean[:-1, :n] * (open0[trades[1:]] / open_prev)  # value at the next open per unit after the trade
-    # g_k: value at trade k's open over value after trade k - 1 (for the first trade: over the
-    # start value 1.0 at row 0's close, 1 when the book starts in cash)
-    growth = np.ones(n_trades)
-    growth[1:] = np.add.reduce(held_growth, axis=1) + clean[:-1, n]
-    drifted = np.zeros((n_trades, n))  # weights held at each trade's open, before it
-    drifted[1:] = held_growth / growth[1:, None]
-    if n_trades:
-        held_first = start_units * open0[trades[0]]
-        growth[0] = start[n] + float(np.add.reduce(held_first))
-        drifted[0] = held_first / growth[0]
-    turnover[:] = np.add.reduce(np.abs(targets[:, :n] - drifted), axis=1)
-    v_after = np.cumprod(growth * (1.0 - rate * turnover))
-    v_open = np.empty(n_trades)
-    v_open[:1] = growth[:1]
-    v_open[1:] = v_after[:-1] * growth[1:]
-    costs[:] = rate * turnover * v_open
-    seg_units = np.zeros((n_trades + 1, n))
-    seg_cash = np.ones(n_trades + 1)
-    seg_units[0], seg_cash[0] = start_units, start[n]
-    seg_units[1:] = clean[:, :n] * v_after[:, None] / open_safe[trades]
-    seg_cash[1:] = clean[:, n] * v_after
+    # The holdings after each trade. Segment k covers the days [bounds[k], bounds[k + 1]) held
+    # with seg_units[k] and seg_cash[k] (segment 0: the start, before the first trade).
+    held_before = np.vstack([start_units[None, :] > 0, clean[:-1, :n] > 0]) if days.size else np.zeros((0, n), bool)
+    if (held_before & mark.close_only[trades]).any():
+        seg_units, seg_cash, v_after, turnover[:], costs[:] = _trades_sequential(
+            start_units, start[n], clean, trades, mark, rate)
+    else:
+        seg_units, seg_cash, v_after, turnover[:], costs[:] = _trades_vectorised(
+            start_units, start[n], clean, trades, mark, rate)
 
     # Everything per day, at once: holdings repeated over their segment's days.
     bounds = np.concatenate([[0], trades, [t_days]])
@@ -264,20 +354,22 @@ def simulate(
     units_daily = np.repeat(seg_units, lengths, axis=0)  # (T, N)
     cash_daily = np.repeat(seg_cash, lengths)  # (T,)
     held = units_daily > 0
-    gap = (held & (np.isnan(close) | np.isnan(open_))).any(axis=1)
+    gap = (held & ~mark.sold & ~np.isfinite(close)).any(axis=1)
     if gap.any():
         t = int(np.flatnonzero(gap)[0])
-        bad = np.flatnonzero(held[t] & (np.isnan(close[t]) | np.isnan(open_[t])))
+        bad = np.flatnonzero(held[t] & ~mark.sold[t] & ~np.isfinite(close[t]))
         names = ", ".join(_label(int(i), symbols, "asset") for i in bad)
         raise ValueError(f"held asset(s) {names} have no price on {label(t)}")
-    asset_values = close0 * units_daily
+    asset_values = mark.close_value * units_daily
     value_close = cash_daily + asset_values.sum(axis=1)
+    # A sold holding is cash: reported in the cash column from its last close on.
+    sold_value = np.where(mark.sold, asset_values, 0.0)
     weights = np.empty((t_days, n + 1))
-    weights[:, :n] = asset_values / value_close[:, None]
-    weights[:, n] = cash_daily / value_close
+    weights[:, :n] = (asset_values - sold_value) / value_close[:, None]
+    weights[:, n] = (cash_daily + sold_value.sum(axis=1)) / value_close
     # Opens: same holdings as the day's close except on trade days, where the value after the
     # trade and its cost is recorded.
-    value_open = cash_daily + (open0 * units_daily).sum(axis=1)
+    value_open = cash_daily + (mark.open_value * units_daily).sum(axis=1)
     value_open[trades] = v_after
     value_open[0] = 1.0  # the anchor row's open precedes the start: the start value by convention
 

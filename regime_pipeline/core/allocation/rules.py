@@ -183,7 +183,9 @@ class DailyRule:
 
     def __init__(self, data: AllocationData, rows, name: str) -> None:
         self._close = data.prices.close
-        self._listed = np.isfinite(data.prices.close)
+        # Who a decision may weigh: the universe's members (every listed asset without one) that
+        # can be traded at the next open, as Prices.eligible says.
+        self._listed = data.prices.eligible_days()
         self._rows = rows  # (day indices (K,), listed (K, N)) -> (K, N + 1) weights
         self.name = name
 
@@ -198,7 +200,8 @@ class DailyRule:
         ok = d < self._close.shape[0] and close.shape[1] == self._close.shape[1]
         if ok:
             a, b = close[-1], self._close[d]
-            ok = bool(((a == b) | (np.isnan(a) & np.isnan(b))).all())
+            # A close the strategy may not see (Prices.seen_at hides it) is NaN.
+            ok = bool(((a == b) | np.isnan(a)).all())
         if not ok:
             raise ValueError(f"{self.name}: the closes do not match the data it was built with")
         return self._rows(np.array([d]), self._listed[[d]])[0]

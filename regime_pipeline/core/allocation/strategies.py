@@ -146,19 +146,65 @@ def benchmark_strategies(symbols: Sequence[str]) -> dict[str, Strategy]:
 
 @dataclass(frozen=True)
 class Prices:
-    """Daily prices on a gap-free calendar: dates (T,), open/close (T, N), NaN = not listed."""
+    """Daily prices on a gap-free calendar: dates (T,), open/close (T, N); open NaN where the
+    asset has no full bar (not listed, a close-only day, past its last bar), close NaN where it
+    has no price at all.
+
+    :ivar members: (T, N) True where the asset is in the universe on that day (the decisions
+        of that day's close may weigh it); None: every asset with a full bar that day
+    """
 
     dates: np.ndarray  # (T,) datetime.date
     symbols: tuple[str, ...]
     open: np.ndarray
     close: np.ndarray
+    members: np.ndarray | None = None
+
+    def eligible(self, day: int) -> np.ndarray:
+        """(N,) the assets a decision at the close of row `day` may weigh: members that day
+        (every asset with a full bar, without a universe) that can be traded at the next open."""
+        chosen = self.members[day] if self.members is not None else np.isfinite(self.close[day]) & np.isfinite(self.open[day])
+        if day + 1 < self.open.shape[0]:
+            chosen = chosen & np.isfinite(self.open[day + 1])
+        return chosen
+
+    def eligible_days(self) -> np.ndarray:
+        """(T, N) :meth:`eligible` of every row at once."""
+        chosen = self.members.copy() if self.members is not None else np.isfinite(self.close) & np.isfinite(self.open)
+        chosen[:-1] &= np.isfinite(self.open[1:])
+        return chosen
+
+    def seen_at(self, day: int) -> np.ndarray:
+        """The closes a strategy deciding at row `day` sees: rows 0..day, with the decision
+        day's close hidden (NaN) for the assets it may not weigh."""
+        seen = self.close[: day + 1].copy()
+        seen[-1, ~self.eligible(day)] = np.nan
+        return seen
+
+    def cut(self, rows: np.ndarray | slice) -> Prices:
+        """The same prices on the rows `rows` of the calendar."""
+        members = None if self.members is None else self.members[rows]
+        return Prices(self.dates[rows], self.symbols, self.open[rows], self.close[rows], members)
 
 
-def wide_prices(bars: pd.DataFrame, end: dt.date | str | None = None, symbols: Sequence[str] | None = None) -> Prices:
+def wide_prices(
+    bars: pd.DataFrame, end: dt.date | str | None = None, symbols: Sequence[str] | None = None,
+    closes: pd.DataFrame | None = None, universe_rows: pd.DataFrame | None = None,
+) -> Prices:
     """Pivot `daily_bars` rows to (T, N) arrays over every calendar day from the first bar to
-    `end` (inclusive). Columns follow the universe order; a day without a bar stays NaN."""
-    symbols = tuple(universe().symbols if symbols is None else symbols)
+    `end` (inclusive). Columns follow the universe's candidates; a day without a bar stays NaN.
+
+    :param closes: `daily_closes` rows (``date, symbol, close``): close-only days, open NaN
+    :param universe_rows: the `universe` table: who may be weighed on each day (Prices.members);
+        None: every asset with a full bar that day
+    An asset's prices after its configured last day (configs/universe.yaml) are never read,
+    whatever the tables hold: a symbol can name another asset later (LUNAUSDT from 2022-05-31).
+    """
+    symbols = tuple(universe().candidates if symbols is None else symbols)
     frame = bars.loc[bars["symbol"].isin(symbols), ["date", "symbol", "open", "close"]]
+    if closes is not None and len(closes):
+        only = closes.loc[closes["symbol"].isin(symbols), ["date", "symbol", "close"]].assign(open=np.nan)
+        frame = pd.concat([frame, only[["date", "symbol", "open", "close"]]], ignore_index=True)
     dates = pd.to_datetime(frame["date"])
     last = dates.max() if end is None else pd.Timestamp(end)
     calendar = pd.date_range(dates.min(), last, freq="D")
@@ -167,7 +213,19 @@ def wide_prices(bars: pd.DataFrame, end: dt.date | str | None = None, symbols: S
     for column in ("open", "close"):
         wide = frame.pivot(index="date", columns="symbol", values=column)
         out[column] = wide.reindex(index=calendar, columns=list(symbols)).to_numpy(dtype="float64")
-    return Prices(np.array(calendar.date), symbols, out["open"], out["close"])
+    known = universe()
+    final = np.array([np.datetime64(known[s].last_day, "D") if s in known and known[s].last_day else np.datetime64("NaT")
+                      for s in symbols], dtype="datetime64[D]")
+    after = ~np.isnat(final)[None, :] & (calendar.to_numpy().astype("datetime64[D]")[:, None] > final[None, :])
+    out["open"][after] = np.nan
+    out["close"][after] = np.nan
+    members = None
+    if universe_rows is not None:
+        rows = universe_rows.loc[universe_rows["member"].astype(bool), ["date", "symbol"]]
+        rows = rows.assign(date=pd.to_datetime(rows["date"]), member=1.0)
+        grid = rows.pivot(index="date", columns="symbol", values="member").reindex(index=calendar, columns=list(symbols))
+        members = grid.notna().to_numpy() & np.isfinite(out["close"])
+    return Prices(np.array(calendar.date), symbols, out["open"], out["close"], members)
 
 
 def decision_days(dates: np.ndarray, start: dt.date, end: dt.date, weekday: int) -> np.ndarray:
@@ -195,12 +253,13 @@ def run_strategy(
     cost = s.costs if cost is None else cost
     days = decision_days(prices.dates, start, end, s.rebalance_weekday)
     first, last = int(days[0]), int(np.flatnonzero(prices.dates == end)[0])
-    # The strategy sees closes up to and including its decision day, nothing later; one built on
-    # causal per-day signals (rules.DailyRule) gives every decision's weights at once.
+    # The strategy sees closes up to and including its decision day, nothing later, and the
+    # decision day's close only of the assets it may weigh (the universe's members that day); one
+    # built on causal per-day signals (rules.DailyRule) gives every decision's weights at once.
     if hasattr(strategy, "targets"):
         targets = strategy.targets(prices.close, days)
     else:
-        targets = np.stack([strategy(prices.close[: d + 1]) for d in days])
+        targets = np.stack([strategy(prices.seen_at(d)) for d in days])
     return simulate(
         prices.open[first : last + 1],
         prices.close[first : last + 1],
@@ -303,8 +362,9 @@ def inverse_vol_forecast_strategy(forecasts: pd.DataFrame, prices: Prices) -> St
 
     def strategy(close: np.ndarray) -> np.ndarray:
         d = close.shape[0] - 1
+        seen = np.isfinite(close[-1])
         if close.shape[1] != sigma.shape[1] or d >= sigma.shape[0] or not np.array_equal(
-            close[-1], prices.close[d], equal_nan=True
+            close[-1][seen], prices.close[d][seen]
         ):
             raise ValueError("inverse_vol_forecast_strategy: the closes do not match the prices it was built with")
         return _inverse_vol_weights(sigma[d], np.isfinite(close[-1]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,7 @@ def ingest_minutes(
     price_rtol: float,
     volume_rtol: float,
     refetch: bool = False,
+    spans: Mapping[str, tuple[dt.date, dt.date | None]] | None = None,
     log: Any | None = None,
 ) -> IngestSummary:
     """Store every complete UTC day of 1-minute bars the source has for `symbols` in ``[start, end)``.
@@ -57,6 +58,9 @@ def ingest_minutes(
     only if they add up to its kline or miss only minutes of a known exchange gap (`gaps`), and
     wherever a kline exists the minutes must reproduce it (`price_rtol`, `volume_rtol`).
 
+    `spans` gives a symbol's first and last day of trading (None: still trading): no day outside
+    it is fetched, since a symbol can be reused by another asset after its last day (LUNAUSDT).
+
     :raises DataError: naming the symbol, the day, the files or endpoint it came from and what is
         wrong; days verified before it are stored, nothing stored for it or after it is touched
     """
@@ -65,16 +69,24 @@ def ingest_minutes(
     summary = IngestSummary()
     stored = lake.stored_days(symbols)
     stored_keys = set(zip(stored["symbol"], stored["date"]))
-    todo = {s: [d for d in days_in(start, end) if refetch or (s, d) not in stored_keys] for s in symbols}
-    summary.days_already_stored = sum((end - start).days - len(days) for days in todo.values())
+    spans = spans or {}
+
+    def traded(symbol: str, day: dt.date) -> bool:
+        first, last = spans.get(symbol, (None, None))
+        return (first is None or day >= first) and (last is None or day <= last)
+
+    todo = {s: [d for d in days_in(start, end) if traded(s, d) and (refetch or (s, d) not in stored_keys)] for s in symbols}
+    summary.days_already_stored = sum(
+        sum(1 for d in days_in(start, end) if traded(s, d)) - len(days) for s, days in todo.items()
+    )
     wanted = [s for s in symbols if todo[s]]
     klines = source.daily_klines(wanted, start, end) if wanted else None
     kline_of = {} if klines is None else {
         (s, d): row for s, d, row in zip(klines["symbol"], klines["date"], klines.to_dict("records"))
     }
     for symbol in wanted:
-        for day, minutes in source.minute_days(symbol, todo[symbol][0], end):
-            if not refetch and (symbol, day) in stored_keys:
+        for day, minutes in source.minute_days(symbol, todo[symbol][0], todo[symbol][-1] + dt.timedelta(days=1)):
+            if not traded(symbol, day) or (not refetch and (symbol, day) in stored_keys):
                 continue
             problem = quality.intraday_day_problem(
                 day, minutes, kline_of.get((symbol, day)), gaps, price_rtol=price_rtol, volume_rtol=volume_rtol

@@ -32,22 +32,30 @@ def duplicate_keys(bars: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def coverage_gaps(
-    bars: pd.DataFrame, listed: Mapping[str, dt.date], start: dt.date, end: dt.date
+    bars: pd.DataFrame,
+    listed: Mapping[str, dt.date],
+    start: dt.date,
+    end: dt.date,
+    last_bar: Mapping[str, dt.date] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Days in ``[start, end)`` on which a listed symbol has no bar, and bars dated before listing.
+    """Days in ``[start, end)`` on which a listed symbol has no bar, and bars outside a symbol's
+    span: before its listing, or after its last bar (`last_bar`, for the assets whose data end).
 
-    :return: ``(missing, before_listing)``; `missing` has columns ``symbol, date``.
+    :return: ``(missing, outside)``; `missing` has columns ``symbol, date``, `outside` is the
+        offending rows of `bars`
     """
+    last_bar = last_bar or {}
     present = set(zip(bars["symbol"], bars["date"]))
     missing = [
         (symbol, day)
         for symbol, first in listed.items()
-        for day in days_in(max(start, first), end)
+        for day in days_in(max(start, first), min(end, last_bar[symbol] + dt.timedelta(days=1)) if symbol in last_bar else end)
         if (symbol, day) not in present
     ]
     first_day = bars["symbol"].map(listed)
-    before = bars.loc[first_day.notna() & (bars["date"] < first_day)]
-    return pd.DataFrame(missing, columns=["symbol", "date"]), before
+    final_day = bars["symbol"].map(last_bar)
+    outside = (first_day.notna() & (bars["date"] < first_day)) | (final_day.notna() & (bars["date"] > final_day))
+    return pd.DataFrame(missing, columns=["symbol", "date"]), bars.loc[outside]
 
 
 def reconcile(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -508,6 +508,27 @@ def fit_garch(bars: pd.DataFrame, start: dt.date, end: dt.date) -> dict[str, Gar
     return params
 
 
+def fit_garch_pooled(
+    bars: pd.DataFrame, start: dt.date, end: dt.date, symbols: Sequence[str] | None = None
+) -> tuple[dict[str, GarchParams], list[str]]:
+    """:func:`fit_garch` for the assets with ``min_returns`` returns in ``[start, end)``; every other
+    asset of `symbols` (listed too late to fit) gets the median of the fitted assets' parameters.
+
+    :return: ``(params for every symbol of `symbols` and of `bars`, the symbols that took the median)``
+    """
+    start, end = _check_range(start, end)
+    inside = bars.loc[(bars["date"] >= start - dt.timedelta(days=1)) & (bars["date"] < end)]
+    counts = inside.groupby("symbol")["date"].size() - 1
+    enough = sorted(s for s, n in counts.items() if n >= GARCH_MIN_RETURNS)
+    if not enough:
+        raise ValueError(f"fit_garch_pooled: no asset has {GARCH_MIN_RETURNS} returns in [{start}, {end})")
+    fitted = fit_garch(bars.loc[bars["symbol"].isin(enough)], start, end)
+    table = pd.DataFrame({s: p.to_dict() for s, p in fitted.items()}).T.astype(float)
+    median = GarchParams.from_dict(table.median().to_dict())
+    pooled = sorted((set(symbols or []) | set(bars["symbol"])) - set(fitted))
+    return {**fitted, **{s: median for s in pooled}}, pooled
+
+
 def vol_features(
     bars: pd.DataFrame, garch_params: Mapping[str, GarchParams], start: dt.date, end: dt.date
 ) -> pd.DataFrame:
@@ -623,13 +644,30 @@ def _sum_over_columns(x: np.ndarray) -> np.ndarray:
     return np.cumsum(x, axis=1)[:, -1]
 
 
-def cross_features(bars: pd.DataFrame, start: dt.date, end: dt.date) -> pd.DataFrame:
+def _member_grid(panel: _Panel, members: pd.DataFrame) -> np.ndarray:
+    """(T, S) True where the asset is a member of the universe that day."""
+    days = pd.to_datetime(members["date"]).to_numpy().astype("datetime64[D]")
+    rows = np.searchsorted(panel.days, days)
+    cols = pd.Index(panel.symbols).get_indexer(members["symbol"])
+    inside = (rows < panel.days.size) & (cols >= 0)
+    inside[inside] &= panel.days[rows[inside]] == days[inside]
+    grid = np.zeros((panel.days.size, len(panel.symbols)), dtype=bool)
+    grid[rows[inside], cols[inside]] = True
+    return grid
+
+
+def cross_features(
+    bars: pd.DataFrame, start: dt.date, end: dt.date, members: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Market-wide features per date for dates in ``[start, end)``.
 
-    :param bars: daily bars of the universe covering ``[start - LOOKBACK, end)``; must include BTC
+    :param bars: daily bars of the candidates covering ``[start - LOOKBACK, end)``; must include BTC
+    :param members: ``date, symbol`` of the universe's members per day (the `universe` table's
+        member rows); None: every asset of `bars` is a member on every day it has a bar
     :return: columns ``date, n_assets (int64), avg_pairwise_corr, btc_dominance, vol_dispersion,
         corr_stability``; one row per date with at least ``min_assets`` eligible assets
-        (a bar on each of the last ``min_history_days["cross"]`` days), BTC among them
+        (members that day with a bar on each of the last ``min_history_days["cross"]`` days),
+        BTC among them
     """
     start, end = _check_range(start, end)
     panel = _panel(bars, start, end)
@@ -639,6 +677,8 @@ def cross_features(bars: pd.DataFrame, start: dt.date, end: dt.date) -> pd.DataF
         raise ValueError(f"cross_features: btc_dominance needs {BTC_SYMBOL} bars in [{start - LOOKBACK}, {end})")
     btc = panel.symbols.index(BTC_SYMBOL)
     eligible = _has_history(panel, MIN_HISTORY_DAYS["cross"])  # (T, S)
+    if members is not None:
+        eligible &= _member_grid(panel, members)
     n_assets = eligible.sum(axis=1)  # integer counts: exact
     r = panel.log_returns()
 

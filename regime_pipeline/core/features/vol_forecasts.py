@@ -245,7 +245,9 @@ def _har_predict(rows: pd.DataFrame, coef: np.ndarray) -> np.ndarray:
     out = np.full(len(rows), coef[0])
     for b, column in zip(coef[1:], RV_COLUMNS):
         out = out + b * rows[column].to_numpy(dtype="float64")
-    return out
+    # A linear fit can go below zero on a quiet day after a violent train window (LUNA, fitted
+    # across its collapse): a volatility is not negative.
+    return np.maximum(out, 0.0)
 
 
 @dataclass(frozen=True)
@@ -321,12 +323,17 @@ def fit_har(rows: pd.DataFrame) -> np.ndarray:
     return coef
 
 
-def fit_models(bars: pd.DataFrame, vol_features: pd.DataFrame, start: dt.date, end: dt.date) -> VolForecastModels:
+def fit_models(
+    bars: pd.DataFrame, vol_features: pd.DataFrame, start: dt.date, end: dt.date, symbols: Sequence[str] | None = None,
+) -> VolForecastModels:
     """Fit HAR (per asset and horizon) and LightGBM (per horizon, pooled) on ``[start, end)``.
 
     :param bars: daily bars; only those dated in the window are used
     :param vol_features: ``vol_features`` rows; only those dated in the window are used
-    :raises ValueError: an asset with fewer than :data:`MIN_FIT_ROWS` rows for a horizon
+    :param symbols: assets that need HAR coefficients although they have fewer than
+        :data:`MIN_FIT_ROWS` rows in the window (listed late): they get one HAR fitted on every
+        asset's rows pooled, and ``n_rows`` records their own count
+    :raises ValueError: an asset outside `symbols` with fewer than :data:`MIN_FIT_ROWS` rows
     """
     import lightgbm as lgb  # heavy import, only paid by code that fits
 
@@ -338,11 +345,17 @@ def fit_models(bars: pd.DataFrame, vol_features: pd.DataFrame, start: dt.date, e
     for h in HORIZONS:
         part = rows.loc[rows["horizon_days"] == h]
         har[h], n_rows[h] = {}, {}
+        late = set(symbols or [])
         for symbol, one in part.groupby("symbol", sort=True):
-            if len(one) < MIN_FIT_ROWS:
+            if len(one) < MIN_FIT_ROWS and symbol not in late:
                 raise ValueError(f"fit_models: {symbol} has {len(one)} rows with inputs and an h={h} target in [{start}, {end})")
-            har[h][symbol] = fit_har(one)
+            if len(one) >= MIN_FIT_ROWS:
+                har[h][symbol] = fit_har(one)
             n_rows[h][symbol] = len(one)
+        pooled = fit_har(part)
+        for symbol in sorted(late - set(har[h])):
+            har[h][symbol] = pooled
+            n_rows[h].setdefault(symbol, 0)
         data = lgb.Dataset(part[LGBM_FEATURES].to_numpy(dtype="float64"), label=part["realized"].to_numpy(),
                            feature_name=LGBM_FEATURES, free_raw_data=True)
         params = {**settings["params"], "seed": int(settings["seed"])}

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from regime_pipeline.configs import Split, splits
+from regime_pipeline.core.data.universe import only_members
 from regime_pipeline.core.regimes.graphs import Graphs, build_graphs
 from regime_pipeline.core.regimes.metrics import classification_report
 from regime_pipeline.core.regimes.models.gnn import GraphSAGEClassifier
@@ -260,11 +261,14 @@ def attention_by_lag(model: AttentionLSTMClassifier, X: np.ndarray, batch_size: 
 
 def probabilities(
     dets: Mapping[str, Detector], vol_features: pd.DataFrame, trend_features: pd.DataFrame,
-    bars: pd.DataFrame, start: dt.date, end: dt.date,
+    bars: pd.DataFrame, start: dt.date, end: dt.date, members: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Class probabilities of every (date, symbol) in ``[start, end)`` from all three detectors,
     each from inputs that end on that date.
 
+    :param members: ``date, symbol`` of the universe's members: only their rows get
+        probabilities, and a date's graph holds its members only (None: every asset with features).
+        Windows still read the features of the days before an asset became a member.
     :return: ``date, symbol, vol_<class>..., trend_<class>..., cross_<class>...``; a row exists
         where the asset has full vol and trend windows and the date has a graph; the cross
         columns are the date's market-wide probabilities
@@ -276,9 +280,9 @@ def probabilities(
         X, _, keys = _sequence_inputs(det, features, None, (start, last))
         proba = predict_proba(det.model, X) if len(X) else np.zeros((0, len(det.classes)))
         parts.append(keys.assign(**{f"{kind}_{c}": proba[:, i] for i, c in enumerate(det.classes)}))
-    out = parts[0].merge(parts[1], on=["date", "symbol"], how="inner")
+    out = only_members(parts[0].merge(parts[1], on=["date", "symbol"], how="inner"), members)
     det = dets["cross"]
-    nodes = node_features(vol_features, trend_features, det.columns)
+    nodes = only_members(node_features(vol_features, trend_features, det.columns), members)
     dates = sorted(set(out["date"]))
     if dates:
         graphs = _graph_inputs(det, nodes, bars, dates)

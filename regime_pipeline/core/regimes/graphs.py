@@ -2,7 +2,7 @@
 
 Pure numpy/pandas (no torch, no Dagster). For each requested date d:
 
-* nodes are the assets of ``universe().symbols`` in that fixed order (node i is always the
+* nodes are the assets of ``universe().candidates`` in that fixed order (node i is always the
   same asset, so a graph's arrays line up across dates);
 * ``X[d, i]`` is asset i's row of the caller's per-asset feature frame on d (already selected
   and standardised by the caller);
@@ -62,7 +62,7 @@ class Graphs:
         diagonal and on every pair involving a masked node
     :ivar mask: (n_dates, n_nodes) bool, True = asset listed and has features on that date
     :ivar dates: (n_dates,) object array of ``datetime.date``
-    :ivar symbols: node order (``universe().symbols`` by default)
+    :ivar symbols: node order (``universe().candidates`` by default)
     :ivar columns: feature names, the order of X's last axis
     :ivar window: correlation window in returns (recorded also for cosine graphs)
     :ivar edges: ``"correlation"`` or ``"cosine"``
@@ -256,14 +256,15 @@ def build_graphs(
     :param dates: the graphs' dates, any order (kept as given)
     :param window: number of daily log returns in the correlation window (returns r_{d-window+1} .. r_d)
     :param edges: ``"correlation"`` or ``"cosine"``
-    :param symbols: node order; default ``universe().symbols`` (the listing dates of symbols
-        outside the universe are not checked)
+    :param symbols: node order; default ``universe().candidates`` (the listing dates of symbols
+        outside the candidates are not checked). The network is the same for any number of
+        nodes: a node without a feature row on d (not a member that day) is masked out
     :return: :class:`Graphs` with X (n_dates, n_nodes, F) float32, A (n_dates, n_nodes,
         n_nodes) float32, mask (n_dates, n_nodes) bool
     """
     if edges not in EDGE_KINDS:
         raise ValueError(f"edges must be one of {EDGE_KINDS}, got {edges!r}")
-    symbols = list(universe().symbols if symbols is None else symbols)
+    symbols = list(universe().candidates if symbols is None else symbols)
     columns = list(columns)
     if not columns:
         raise ValueError("build_graphs: no feature columns")

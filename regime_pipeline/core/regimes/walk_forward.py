@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from regime_pipeline.configs import Split, universe, walk_forward
+from regime_pipeline.core.data.universe import only_members
 from regime_pipeline.core.features import daily as F
 from regime_pipeline.core.paths import storage_path
 from regime_pipeline.core.regimes import labels as regimes
@@ -167,7 +168,7 @@ def fit_origin_garch(bars: pd.DataFrame, windows: OriginWindows) -> tuple[dict[s
     fitted = F.fit_garch(bars.loc[bars["symbol"].isin(enough)], start, end)
     table = pd.DataFrame({s: p.to_dict() for s, p in fitted.items()}).T.astype(float)
     median = F.GarchParams.from_dict(table.median().to_dict())
-    pooled = sorted((set(universe().symbols) | set(bars["symbol"])) - set(fitted))
+    pooled = sorted((set(universe().candidates) | set(bars["symbol"])) - set(fitted))
     return {**fitted, **{s: median for s in pooled}}, pooled
 
 
@@ -231,12 +232,15 @@ LABELER_PARTS = ("vol", "trend", "cross")
 
 
 def fit_labeler_part(part: str, bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features: pd.DataFrame,
-                     windows: OriginWindows) -> dict[str, Any]:
+                     windows: OriginWindows, members: pd.DataFrame | None = None) -> dict[str, Any]:
     """One independent part of an origin's labelers, fitted on its fit window only:
 
     * ``vol``: GARCH parameters, then the vol HMM, the vol jump model and the vol cuts;
     * ``trend``: the trend HMM, the trend jump model and the forward-return quartiles;
     * ``cross``: the 3-state HMM on the day's mean correlation (the cross filter baseline).
+
+    The HMMs, jump models and quartiles are fitted on the universe's member asset-days
+    (`members`: ``date, symbol``; None: every row); GARCH on every candidate's returns.
     """
     wf = settings()
     base = regimes.settings()
@@ -253,6 +257,7 @@ def fit_labeler_part(part: str, bars: pd.DataFrame, trend_features: pd.DataFrame
         features = origin_vol_features(bars, out["garch"], windows.fit_end + DAY)
     else:
         features = trend_features
+    features = only_members(features, members)
     out["hmm"] = regimes.fit_hmm(features, part, windows.fit, config)
     X, lengths, _ = observation_sequences(regimes.in_window(features, windows.fit_start, windows.fit_end), part)
     out["jump"] = JumpLabeler(config[part]["names"], jump_penalty=jm["jump_penalty"], n_init=jm["n_init"],
@@ -262,7 +267,7 @@ def fit_labeler_part(part: str, bars: pd.DataFrame, trend_features: pd.DataFrame
         log_means = out["hmm"].means_[:, 0]
         out["cuts"] = np.exp((log_means[1:] + log_means[:-1]) / 2).tolist()
     else:
-        fwd = forward_values(bars, cross_features)
+        fwd = only_members(forward_values(bars, cross_features), members)
         in_fit = fwd.loc[(fwd["date"] >= windows.fit_start) & (fwd["date"] <= windows.fit_end), "trend_value"].dropna()
         out["cuts"] = np.quantile(in_fit.to_numpy(), [0.25, 0.5, 0.75]).tolist()
     return out
@@ -382,21 +387,24 @@ class OriginData:
     cross: pd.DataFrame
     bars: pd.DataFrame
     targets: dict[str, pd.DataFrame]  # same_day, forward, jump: date, symbol, <kind>_regime...
+    members: pd.DataFrame | None = None  # date, symbol of the universe's members; None: every row
 
 
 def origin_data(labelers: Labelers, bars: pd.DataFrame, trend_features: pd.DataFrame,
-                cross_features: pd.DataFrame) -> OriginData:
-    """Features and targets of an origin, every day up to the end of its year Y."""
+                cross_features: pd.DataFrame, members: pd.DataFrame | None = None) -> OriginData:
+    """Features and targets of an origin, every day up to the end of its year Y. Targets exist
+    for the universe's member asset-days only (`members`, ``date, symbol``; None: every row);
+    the features cover every candidate, so a window may reach back before an asset joined."""
     end = labelers.windows.predict_end + DAY
     vol = origin_vol_features(bars, labelers.garch, end)
     trend = trend_features.loc[trend_features["date"] < end].reset_index(drop=True)
     cross = cross_features.loc[cross_features["date"] < end].reset_index(drop=True)
     targets = {
-        "same_day": same_day_targets(labelers, vol, trend, cross),
-        "forward": forward_targets(labelers, bars, cross_features),
-        "jump": jump_targets(labelers, vol, trend),
+        "same_day": same_day_targets(labelers, only_members(vol, members), only_members(trend, members), cross),
+        "forward": only_members(forward_targets(labelers, bars, cross_features), members),
+        "jump": jump_targets(labelers, only_members(vol, members), only_members(trend, members)),
     }
-    return OriginData(labelers, vol, trend, cross, bars, targets)
+    return OriginData(labelers, vol, trend, cross, bars, targets, members)
 
 
 # ------------------------------------------------------------------------------ detectors
@@ -463,7 +471,7 @@ def detector_tasks(data: OriginData, profile_name: str, models_dir: Path) -> lis
                     "path": str(detector_path(models_dir, w.origin, target, kind))}
             if kind == "cross":
                 cols = columns["vol"] + columns["trend"]
-                task.update(nodes=detectors.node_features(vol, trend, cols), bars=bars, columns=cols,
+                task.update(nodes=only_members(detectors.node_features(vol, trend, cols), data.members), bars=bars, columns=cols,
                             labels=labels[["date", "symbol", "cross_regime"]], settings=sections["cross"])
             else:
                 task.update(features=vol if kind == "vol" else trend, columns=columns[kind],
@@ -551,11 +559,12 @@ def train_detectors(tasks: Sequence[dict[str, Any]], workers: int, log: Callable
             own.shutdown()
 
 
-def _fit_labeler_task(task: tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]) -> dict[str, Any]:
-    part, bars, trend, cross, record = task
+def _fit_labeler_task(task: tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any], pd.DataFrame | None]
+                      ) -> dict[str, Any]:
+    part, bars, trend, cross, record, members = task
     windows = OriginWindows.from_record(record)
     started = time.perf_counter()
-    fitted = fit_labeler_part(part, bars, trend, cross, windows)
+    fitted = fit_labeler_part(part, bars, trend, cross, windows, members)
     return {"origin": windows.origin, "part": part, "fitted": fitted, "seconds": time.perf_counter() - started,
             "pid": os.getpid()}
 
@@ -563,10 +572,12 @@ def _fit_labeler_task(task: tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame,
 def fit_origins(bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features: pd.DataFrame,
                 origins: Sequence[int], models_dir: Path, profile_name: str, workers: int,
                 log: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None,
+                members: pd.DataFrame | None = None,
                 ) -> tuple[dict[int, Labelers], list[dict[str, Any]]]:
     """Fit everything of `origins`: their labelers, then their detectors, each stage's
     independent fits spread over `workers` processes (their warnings go to `warn`). Writes the labelers (JSON) and detectors
-    (torch) under ``<models_dir>/walk_forward/<origin>/``.
+    (torch) under ``<models_dir>/walk_forward/<origin>/``. Labelers and targets are on the
+    universe's member asset-days (`members`, ``date, symbol``; None: every row).
 
     :return: ``({origin: Labelers}, [one summary per trained detector])``
     """
@@ -579,19 +590,21 @@ def fit_origins(bars: pd.DataFrame, trend_features: pd.DataFrame, cross_features
         # Each origin's fitting reads nothing after its val window ends.
         cut = w.seen_until + DAY
         inputs = (bars.loc[bars["date"] < cut], trend_features.loc[trend_features["date"] < cut],
-                  cross_features.loc[cross_features["date"] < cut], w.record())
+                  cross_features.loc[cross_features["date"] < cut], w.record(),
+                  None if members is None else members.loc[pd.to_datetime(members["date"]) < pd.Timestamp(cut)])
         jobs += [(part, *inputs) for part in LABELER_PARTS]
     say(f"fitting GARCH, HMMs and jump models of origins {list(origins)} on {workers} processes")
     pool = worker_pool(workers)
     try:
         return _fit_origins(jobs, origins, models_dir, profile_name, workers, pool, bars, trend_features,
-                            cross_features, say, warn)
+                            cross_features, say, warn, members)
     finally:
         if pool is not None:
             pool.shutdown()
 
 
-def _fit_origins(jobs, origins, models_dir, profile_name, workers, pool, bars, trend_features, cross_features, say, warn):
+def _fit_origins(jobs, origins, models_dir, profile_name, workers, pool, bars, trend_features, cross_features, say, warn,
+                 members=None):
     """The two stages of :func:`fit_origins` on one pool."""
     from regime_pipeline.resources.artifacts import write_atomic
 
@@ -608,7 +621,7 @@ def _fit_origins(jobs, origins, models_dir, profile_name, workers, pool, bars, t
         w = labelers[origin].windows
         cut = w.seen_until + DAY
         data = origin_data(labelers[origin], bars.loc[bars["date"] < cut], trend_features.loc[trend_features["date"] < cut],
-                           cross_features.loc[cross_features["date"] < cut])
+                           cross_features.loc[cross_features["date"] < cut], members)
         tasks += detector_tasks(data, profile_name, models_dir)
     # Largest fits first (latest origin, LSTMs before graphs), so the workers finish together.
     tasks.sort(key=lambda t: (-int(t["windows"]["origin"]), t["kind"] == "cross"))
@@ -636,7 +649,8 @@ def probabilities(data: OriginData, models_dir: Path) -> pd.DataFrame:
     parts = []
     for target in TARGETS:
         dets = load_detectors(models_dir, w.origin, target)
-        frame = detectors.probabilities(dets, data.vol, data.trend, data.bars, w.predict_start, w.predict_end + DAY)
+        frame = detectors.probabilities(dets, data.vol, data.trend, data.bars, w.predict_start, w.predict_end + DAY,
+                                        members=data.members)
         parts.append(frame.assign(origin=str(w.origin), target=target))
     out = pd.concat(parts, ignore_index=True)
     first = ["origin", "target", "date", "symbol"]

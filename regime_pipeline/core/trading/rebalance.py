@@ -229,7 +229,7 @@ def rebalance(
     """
     log = log if log is not None else logging.getLogger(__name__)
     limits = limits if limits is not None else RiskLimits.from_config()
-    symbols = tuple(symbols) if symbols is not None else tuple(universe().symbols)
+    symbols = tuple(symbols) if symbols is not None else tuple(universe().candidates)
     costs = costs if costs is not None else Costs.from_config()
     tag = tag if tag is not None else client_order_id_tag()
     weekday = rebalance_weekday()

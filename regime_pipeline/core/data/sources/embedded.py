@@ -15,7 +15,8 @@ from regime_pipeline.core.errors import DataError
 
 
 class EmbeddedSource:
-    """Reads ``daily_klines.parquet`` and ``minute_bars.parquet`` (see ``data/PROVENANCE.md``).
+    """Reads ``daily_klines.parquet``, ``minute_bars.parquet`` and ``daily_closes.parquet`` (see
+    ``data/PROVENANCE.md``).
 
     The minute file is the raw window as downloaded (2021-09-17 22:22 .. 2021-10-17 22:21 UTC
     for most assets); its first and last days are partial and are therefore never yielded.
@@ -23,9 +24,12 @@ class EmbeddedSource:
 
     name = "embedded"
 
-    def __init__(self, daily_klines_path: str | Path, minute_bars_path: str | Path) -> None:
+    def __init__(
+        self, daily_klines_path: str | Path, minute_bars_path: str | Path, daily_closes_path: str | Path | None = None
+    ) -> None:
         self.daily_klines_path = Path(daily_klines_path)
         self.minute_bars_path = Path(minute_bars_path)
+        self.daily_closes_path = Path(daily_closes_path) if daily_closes_path else None
         self._minutes: pd.DataFrame | None = None
         self._klines: pd.DataFrame | None = None
 
@@ -54,6 +58,27 @@ class EmbeddedSource:
         klines = self._load_klines()
         mask = klines["symbol"].isin(list(symbols)) & (klines["date"] >= start) & (klines["date"] < end)
         return klines.loc[mask].reset_index(drop=True)
+
+    def daily_closes(self, symbols: Sequence[str]) -> pd.DataFrame:
+        """Close-only days (a close and no full bar): columns ``symbol, date, close``.
+
+        :raises DataError: a close that is not a positive number, or a duplicate day, naming the file
+        """
+        if self.daily_closes_path is None:
+            return pd.DataFrame({"symbol": pd.Series(dtype=object), "date": pd.Series(dtype=object),
+                                 "close": pd.Series(dtype="float64")})
+        source = str(self.daily_closes_path)
+        frame = pd.read_parquet(self.daily_closes_path)[["symbol", "date", "close"]]
+        frame["date"] = pd.to_datetime(frame["date"]).dt.date
+        bad = ~(frame["close"] > 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(source, f"close {frame['close'].iloc[i]!r} is not a positive price", row=i + 1, field="close")
+        dup = frame.duplicated(["symbol", "date"])
+        if dup.any():
+            i = int(np.flatnonzero(dup.to_numpy())[0])
+            raise DataError(source, f"duplicate day {frame['date'].iloc[i]} of {frame['symbol'].iloc[i]}", row=i + 1, field="date")
+        return frame.loc[frame["symbol"].isin(list(symbols))].sort_values(["symbol", "date"]).reset_index(drop=True)
 
     def minute_days(self, symbol: str, start: dt.date, end: dt.date) -> Iterator[tuple[dt.date, pd.DataFrame]]:
         minutes = self._load_minutes()
