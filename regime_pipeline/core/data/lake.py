@@ -49,6 +49,18 @@ def _month(day: dt.date) -> str:
     return f"{day.year:04d}-{day.month:02d}"
 
 
+def days_by_month(minutes: pd.DataFrame, replace: Iterable[dt.date] | None = None) -> tuple[pd.DataFrame, pd.Series, dict[str, set[dt.date]]]:
+    """What a write of `minutes` touches: the OHLCV frame, each row's day, and the days to
+    replace (those of `minutes` plus `replace`) by month file, in month order."""
+    frame = minutes[["open_time", *OHLCV_COLUMNS]]
+    day_of_row = frame["open_time"].dt.floor("D").dt.date
+    days = set(day_of_row.unique()) | set(replace or ())
+    months: dict[str, set[dt.date]] = {}
+    for day in sorted(days):
+        months.setdefault(_month(day), set()).add(day)
+    return frame, day_of_row, months
+
+
 @contextmanager
 def month_lock(path: Path) -> Iterator[None]:
     """Hold the exclusive OS lock of the month file `path` (creating its folder); waits for other holders.
@@ -93,12 +105,9 @@ class MinuteLake:
             days present in `minutes`)
         :return: the month files written
         """
-        frame = minutes[["open_time", *OHLCV_COLUMNS]]
-        day_of_row = frame["open_time"].dt.floor("D").dt.date
-        days = set(day_of_row.unique()) | set(replace or ())
+        frame, day_of_row, months = days_by_month(minutes, replace)
         written = []
-        for month in sorted({_month(d) for d in days}):
-            new_days = {d for d in days if _month(d) == month}
+        for month, new_days in months.items():
             path = self.month_path(symbol, month)
             parts = [frame.loc[day_of_row.isin(new_days)]]
             # Read, merge and replace under the month's lock: another writer's days, stored

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from upath import UPath
 
 from regime_pipeline.core.data.bars import OHLCV_COLUMNS
-from regime_pipeline.core.data.lake import COMPRESSION, FILE_SCHEMA, MinuteLake, _month, duckdb_connect
+from regime_pipeline.core.data.lake import COMPRESSION, FILE_SCHEMA, MinuteLake, _month, days_by_month, duckdb_connect
 from regime_pipeline.core.database import PostgresSchema, advisory_keys, create_tables, transaction
 
 MANIFEST_SCHEMA = "lake"
@@ -106,12 +106,9 @@ class ObjectMinuteLake(MinuteLake):
         return pd.DataFrame(records, columns=["symbol", "date"])
 
     def write_days(self, symbol: str, minutes: pd.DataFrame, replace: Iterable[dt.date] | None = None) -> list[UPath]:
-        frame = minutes[["open_time", *OHLCV_COLUMNS]]
-        day_of_row = frame["open_time"].dt.floor("D").dt.date
-        days = set(day_of_row.unique()) | set(replace or ())
+        frame, day_of_row, months = days_by_month(minutes, replace)
         written = []
-        for month in sorted({_month(d) for d in days}):
-            new_days = {d for d in days if _month(d) == month}
+        for month, new_days in months.items():
             replaced = None
             with self._manifest() as con, transaction(con):
                 # One writer per (symbol, month) until this transaction ends.
