@@ -113,6 +113,21 @@ def test_no_look_ahead() -> None:
         np.testing.assert_array_equal(f(q.close[: i + 1]), f(p.close[: i + 1]), err_msg=name)
 
 
+def test_benchmarks_read_only_the_history_they_declare() -> None:
+    """A benchmark handed only its declared last closes decides exactly as with the whole
+    history, at every decision of several years (the backtest hands it only those rows)."""
+    p = wide_prices(_bars())
+    days = decision_days(p.dates, dt.date(2019, 1, 1), dt.date(2024, 12, 31), settings().rebalance_weekday)
+    for name, f in benchmark_strategies(p.symbols).items():
+        assert f.history_days >= 1, name
+        for d in days:
+            np.testing.assert_array_equal(f(p.seen_at(d, f.history_days)), f(p.seen_at(d)), err_msg=f"{name} {d}")
+    # Short of that history, the momentum benchmark would decide otherwise somewhere: the
+    # declaration is not merely large.
+    f = benchmark_strategies(p.symbols)["momentum_inverse_vol"]
+    assert any(not np.array_equal(f(p.seen_at(d, f.history_days - 1)), f(p.seen_at(d))) for d in days)
+
+
 def test_benchmarks_share_the_cost_and_schedule() -> None:
     results = run_benchmarks(_bars(), "2024-01-01", "2024-12-31")
     assert set(results) == {"btc_buy_and_hold", "equal_weight", "inverse_volatility", "momentum_inverse_vol"}

@@ -282,6 +282,7 @@ class AllocationEnv(gymnasium.Env):
         self._has_close = np.isfinite(close)  # (T, N) a close, member or not: a held book's start
         self._listed_days = listed_close.astype(np.float64)  # (T, N) listed (a member) at each close
         self._listed = eligible
+        self._all_listed = eligible.all(axis=1)
         # Equal-weight reference log growth per step, close d -> close of the week's end (an asset
         # whose data end inside the week at its exit value).
         n_listed = self._listed.sum(axis=1)
@@ -302,6 +303,7 @@ class AllocationEnv(gymnasium.Env):
         # per-step allocation of index arrays).
         slot_ok = self._filled & np.take_along_axis(eligible, self._safe_slots, axis=1)
         self._keep = np.hstack([slot_ok, np.ones((days.size, 1), dtype=bool)])  # (K, S + 1) tradable slots
+        self._keep_all = self._keep.all(axis=1)
         self._obs = np.zeros(self.observation_space.shape, dtype=np.float32)
         self._obs_low, self._obs_high = self.observation_space.low, self.observation_space.high
 
@@ -333,6 +335,8 @@ class AllocationEnv(gymnasium.Env):
         a = np.asarray(action, dtype="float64").reshape(-1)[keep]
         per_slot = np.zeros(keep.size)
         per_slot[keep] = project_simplex(np.minimum(np.maximum(a, -1.0), 1.0) * self.action_scale)
+        if not self._slotted:  # slot i is asset i
+            return per_slot
         w = np.zeros(self.n_assets + 1)
         filled = slot_assets >= 0
         w[slot_assets[filled]] = per_slot[:-1][filled]
@@ -349,7 +353,7 @@ class AllocationEnv(gymnasium.Env):
         mark = self._marks
         held = mark.close_value[day] * self._units
         sold = mark.sold[day]
-        cash = self._cash + float(np.add.reduce(held[sold])) if sold.any() else self._cash
+        cash = self._cash + float(np.add.reduce(held[sold])) if mark.any_sold[day] else self._cash
         if self._slotted:
             k = min(k, self._slot_assets.shape[0] - 1)
             filled, assets = self._filled[k], self._safe_slots[k]
@@ -436,6 +440,10 @@ class AllocationEnv(gymnasium.Env):
         """:meth:`target_weights` of each row of `actions` (B, S + 1) at once: (B, N + 1)."""
         k = self._k
         keep = self._keep[k]
+        if self._keep_all[k] and not self._slotted:
+            a = np.clip(np.asarray(actions, dtype="float64"), -1.0, 1.0)
+            a *= self.action_scale
+            return project_simplex_rows(a)
         a = np.clip(np.asarray(actions, dtype="float64")[:, keep], -1.0, 1.0)
         a *= self.action_scale
         per_slot = np.zeros((a.shape[0], keep.size))
@@ -453,10 +461,14 @@ class AllocationEnv(gymnasium.Env):
         holding sold at its last close counted as cash)."""
         d = int(self.decision_days[self._k])
         held = self._marks.close_value[d] * self._units
-        sold = self._marks.sold[d]
         w = np.empty(self.n_assets + 1)
-        w[: self.n_assets] = np.where(sold, 0.0, held)
-        w[self.n_assets] = self._cash + float(np.add.reduce(held[sold])) if sold.any() else self._cash
+        if self._marks.any_sold[d]:
+            sold = self._marks.sold[d]
+            w[: self.n_assets] = np.where(sold, 0.0, held)
+            w[self.n_assets] = self._cash + float(np.add.reduce(held[sold]))
+        else:
+            w[: self.n_assets] = held
+            w[self.n_assets] = self._cash
         w /= self._value
         return w
 
@@ -470,6 +482,8 @@ class AllocationEnv(gymnasium.Env):
             return target
         out = apply_no_trade_band(target, self.current_weights(), self.no_trade_band, self.rebalance_rate)
         n = self.n_assets
+        if self._all_listed[self._k]:
+            return out
         off = ~self._listed[self._k] & (out[:n] > 0.0)
         if off.any():
             out = out.copy()

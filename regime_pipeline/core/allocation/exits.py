@@ -53,6 +53,10 @@ class Marks:
     :ivar tradable: (T, N) True where the day's open can be traded (a full bar, not after the last day)
     :ivar close_only: (T, N) True on a close-only day of a live asset
     :ivar sold: (T, N) True from the close of the last day on, where the data end: the holding is cash
+    :ivar open_safe: (T, N) the open where the day can be traded, 1.0 elsewhere (a divisor for
+        the units bought: an untradable asset's target is 0)
+    :ivar any_sold: (T,) ``sold.any(axis=1)``
+    :ivar any_close_only: (T,) ``close_only.any(axis=1)``
     """
 
     last_day: np.ndarray
@@ -63,6 +67,10 @@ class Marks:
     tradable: np.ndarray
     close_only: np.ndarray
     sold: np.ndarray
+    # Per-day summaries, so that a step of the environment tests a flag instead of a row.
+    open_safe: np.ndarray
+    any_sold: np.ndarray
+    any_close_only: np.ndarray
 
 
 def last_days(close: np.ndarray) -> np.ndarray:
@@ -102,4 +110,6 @@ def marks(open_: np.ndarray, close: np.ndarray, rate: float, haircut: float | No
     open_value = np.where(tradable, open_, np.where(close_only, previous_close, 0.0))
     open_value = np.where(after, exit_value[None, :], np.nan_to_num(open_value))
     close_value = np.where(sold, exit_value[None, :], np.nan_to_num(np.where(alive, close, 0.0)))
-    return Marks(last, ends, exit_value, open_value, close_value, tradable, close_only, sold)
+    return Marks(last, ends, exit_value, open_value, close_value, tradable, close_only, sold,
+                 open_safe=np.where(tradable, open_value, 1.0), any_sold=sold.any(axis=1),
+                 any_close_only=close_only.any(axis=1))

@@ -180,25 +180,25 @@ def trade(
     module docstring's rule: turnover ``Σ |target_i - drifted_i|``, cost ``rate · turnover · V_open``.
     """
     n = units.shape[0]
-    gone = mark.sold[t - 1] & (units > 0)
-    if gone.any():  # sold at the last close before this trade: cash since
-        cash = cash + float(np.add.reduce(units[gone] * mark.exit_value[gone]))
-        units = np.where(gone, 0.0, units)
+    if mark.any_sold[t - 1]:
+        gone = mark.sold[t - 1] & (units > 0)
+        if gone.any():  # sold at the last close before this trade: cash since
+            cash = cash + float(np.add.reduce(units[gone] * mark.exit_value[gone]))
+            units = np.where(gone, 0.0, units)
     held_open = units * mark.open_value[t]
     v_open = cash + float(np.add.reduce(held_open))
-    frozen = (units > 0) & mark.close_only[t]
-    if not frozen.any():
+    # An untradable asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
+    open_safe = mark.open_safe[t]
+    frozen = (units > 0) & mark.close_only[t] if mark.any_close_only[t] else None
+    if frozen is None or not frozen.any():
         turnover = float(np.add.reduce(np.abs(target[:n] - held_open / v_open)))
         cost = rate * turnover * v_open
         v_after = v_open - cost
-        # An untradable asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
-        open_safe = np.where(mark.tradable[t], mark.open_value[t], 1.0)
         return target[:n] * (v_after / open_safe), float(target[n] * v_after), v_after, turnover, cost
     kept = float(np.add.reduce(held_open[frozen]))
     rest = v_open - kept
     moving = np.where(frozen, 0.0, target[:n] * rest - held_open)
     cost = rate * float(np.add.reduce(np.abs(moving)))
-    open_safe = np.where(mark.tradable[t], mark.open_value[t], 1.0)
     new_units = np.where(frozen, units, target[:n] * ((rest - cost) / open_safe))
     return new_units, float(target[n] * (rest - cost)), v_open - cost, float(np.add.reduce(np.abs(moving))) / v_open, cost
 
@@ -236,8 +236,7 @@ def _trades_vectorised(
     a trade is cash at that trade's open and counts as cash in its turnover, as in :func:`trade`.
     """
     k_trades, n = clean.shape[0], start_units.shape[0]
-    # An untradable asset has target 0 and a placeholder open of 1: 0 units, no division by 0.
-    open_safe = np.where(mark.tradable, mark.open_value, 1.0)
+    open_safe = mark.open_safe
     gone = mark.sold[trades - 1]  # (K, N) sold at a last close before the trade: cash by then
     held_growth = np.zeros((k_trades, n))  # value at trade k's open of what was held after trade k - 1
     growth = np.ones(k_trades)  # g_k: over the value after trade k - 1 (the start value 1.0 for k = 0)
@@ -272,6 +271,7 @@ def simulate(
     symbols: Sequence[str] | None = None,
     haircut: float | None = None,
     initial: np.ndarray | Sequence[float] | None = None,
+    marks: exits.Marks | None = None,
 ) -> Result:
     """Run the accounting described in the module docstring, with assets whose data end sold at
     their last close and close-only days valued but not traded (:mod:`exits`).
@@ -290,6 +290,8 @@ def simulate(
         end, beyond the costs; None: configs/backtest.yaml ``delisting_haircut``.
     :param initial: (N + 1,) weights held at the close of row 0 (value 1.0), cash last; default
         all cash.
+    :param marks: ``exits.marks(open_, close, rate, haircut)``, when the caller runs several
+        strategies on the same prices and has them already.
     :raises ValueError: bad shapes, invalid weights, a weight on an asset that cannot be traded
         at the open (naming the symbol and the trade day), or a held asset with a missing price.
     """
@@ -313,7 +315,9 @@ def simulate(
 
     # What each unit is worth at each open and close, and where it can be traded (exits.py):
     # an asset whose data end in the run is sold at its last close and is cash from then on.
-    mark = exits.marks(open_, close, rate, haircut)
+    mark = exits.marks(open_, close, rate, haircut) if marks is None else marks
+    if mark.open_value.shape != close.shape:
+        raise ValueError(f"marks of {mark.open_value.shape} prices for {close.shape} prices")
 
     turnover = np.empty(days.size)
     costs = np.empty(days.size)

@@ -17,12 +17,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import cache, cached_property, partial
 
 import numpy as np
 import pandas as pd
 
 from regime_pipeline.configs import load_yaml, universe
+from regime_pipeline.core.allocation import exits
 from regime_pipeline.core.allocation.portfolio import Costs, Result, simulate
 
 Strategy = Callable[[np.ndarray], np.ndarray]
@@ -131,16 +132,25 @@ def momentum_inverse_vol(
     return _inverse_vol_weights(trailing_volatility(close, window), positive)
 
 
+def _reading(history_days: int, strategy: Callable[..., np.ndarray], **kwargs) -> Strategy:
+    """`strategy` with `kwargs`, marked as reading only the last `history_days` closes: the
+    backtest then hands it those rows instead of the whole history (same weights, no copy of
+    years of closes per decision)."""
+    bound = partial(strategy, **kwargs)
+    bound.history_days = history_days
+    return bound
+
+
 def benchmark_strategies(symbols: Sequence[str]) -> dict[str, Strategy]:
     """The benchmarks, with parameters from configs/backtest.yaml, for columns `symbols`."""
     s = settings()
+    window, lookback = s.inverse_vol_window_days, s.momentum_lookback_days
     return {
-        "btc_buy_and_hold": partial(btc_buy_and_hold, btc_column=list(symbols).index("BTCUSDT")),
-        "equal_weight": equal_weight,
-        "inverse_volatility": partial(inverse_volatility, window=s.inverse_vol_window_days),
-        "momentum_inverse_vol": partial(
-            momentum_inverse_vol, lookback=s.momentum_lookback_days, window=s.inverse_vol_window_days
-        ),
+        "btc_buy_and_hold": _reading(1, btc_buy_and_hold, btc_column=list(symbols).index("BTCUSDT")),
+        "equal_weight": _reading(1, equal_weight),
+        "inverse_volatility": _reading(window + 1, inverse_volatility, window=window),
+        "momentum_inverse_vol": _reading(max(lookback, window) + 1, momentum_inverse_vol, lookback=lookback,
+                                         window=window),
     }
 
 
@@ -163,22 +173,25 @@ class Prices:
     def eligible(self, day: int) -> np.ndarray:
         """(N,) the assets a decision at the close of row `day` may weigh: members that day
         (every asset with a full bar, without a universe) that can be traded at the next open."""
-        chosen = self.members[day] if self.members is not None else np.isfinite(self.close[day]) & np.isfinite(self.open[day])
-        if day + 1 < self.open.shape[0]:
-            chosen = chosen & np.isfinite(self.open[day + 1])
-        return chosen
+        return self._eligible[day].copy()
 
     def eligible_days(self) -> np.ndarray:
         """(T, N) :meth:`eligible` of every row at once."""
+        return self._eligible.copy()
+
+    @cached_property
+    def _eligible(self) -> np.ndarray:
         chosen = self.members.copy() if self.members is not None else np.isfinite(self.close) & np.isfinite(self.open)
         chosen[:-1] &= np.isfinite(self.open[1:])
         return chosen
 
-    def seen_at(self, day: int) -> np.ndarray:
-        """The closes a strategy deciding at row `day` sees: rows 0..day, with the decision
-        day's close hidden (NaN) for the assets it may not weigh."""
-        seen = self.close[: day + 1].copy()
-        seen[-1, ~self.eligible(day)] = np.nan
+    def seen_at(self, day: int, history: int | None = None) -> np.ndarray:
+        """The closes a strategy deciding at row `day` sees: rows 0..day (the last `history`
+        of them, if given), with the decision day's close hidden (NaN) for the assets it may not
+        weigh."""
+        first = 0 if history is None else max(0, day + 1 - history)
+        seen = self.close[first : day + 1].copy()
+        seen[-1, ~self._eligible[day]] = np.nan
         return seen
 
     def cut(self, rows: np.ndarray | slice) -> Prices:
@@ -245,13 +258,17 @@ def decision_days(dates: np.ndarray, start: dt.date, end: dt.date, weekday: int)
 
 
 def run_strategy(
-    strategy: Strategy, prices: Prices, start: dt.date, end: dt.date, cost: Costs | None = None
+    strategy: Strategy, prices: Prices, start: dt.date, end: dt.date, cost: Costs | None = None,
+    days: np.ndarray | None = None, marks: exits.Marks | None = None,
 ) -> Result:
     """Backtest one strategy on ``start..end`` (both inclusive). The Result's row 0 is the day
-    before `start` (the anchor, equity 1.0 at its close); rows 1.. are start..end."""
+    before `start` (the anchor, equity 1.0 at its close); rows 1.. are start..end.
+
+    :param days: the run's :func:`decision_days`, and `marks` its :func:`exits.marks` (of the
+        rows from the first decision day to `end`), if the caller has them already."""
     s = settings()
     cost = s.costs if cost is None else cost
-    days = decision_days(prices.dates, start, end, s.rebalance_weekday)
+    days = decision_days(prices.dates, start, end, s.rebalance_weekday) if days is None else days
     first, last = int(days[0]), int(np.flatnonzero(prices.dates == end)[0])
     # The strategy sees closes up to and including its decision day, nothing later, and the
     # decision day's close only of the assets it may weigh (the universe's members that day); one
@@ -259,7 +276,8 @@ def run_strategy(
     if hasattr(strategy, "targets"):
         targets = strategy.targets(prices.close, days)
     else:
-        targets = np.stack([strategy(prices.seen_at(d)) for d in days])
+        history = getattr(strategy, "history_days", None)
+        targets = np.stack([strategy(prices.seen_at(d, history)) for d in days])
     return simulate(
         prices.open[first : last + 1],
         prices.close[first : last + 1],
@@ -268,6 +286,7 @@ def run_strategy(
         cost,
         dates=prices.dates[first : last + 1],
         symbols=prices.symbols,
+        marks=marks,
     )
 
 
@@ -299,7 +318,12 @@ def benchmark_results(
 ) -> dict[str, Result]:
     """:func:`run_benchmarks` on prices already pivoted by :func:`wide_prices`."""
     strategies = benchmark_strategies(prices.symbols) if strategies is None else strategies
-    return {name: run_strategy(f, prices, start, end, cost) for name, f in strategies.items()}
+    s = settings()
+    cost = s.costs if cost is None else cost
+    days = decision_days(prices.dates, start, end, s.rebalance_weekday)
+    rows = slice(int(days[0]), int(np.flatnonzero(prices.dates == end)[0]) + 1)
+    marks = exits.marks(prices.open[rows], prices.close[rows], cost.rate)
+    return {name: run_strategy(f, prices, start, end, cost, days, marks) for name, f in strategies.items()}
 
 
 # --------------------------------------------------------------------------------------
