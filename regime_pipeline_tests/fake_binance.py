@@ -338,9 +338,9 @@ class FakeBinance:
         Open time, OHLCV strings, close time, quote volume, trades, taker base and quote volume, ignore.
         """
         open_ms = int(series.open_ms[i])
-        o, h, l, c, v = (float(x) for x in series.values[i])
+        o, h, lo, c, v = (float(x) for x in series.values[i])
         return [
-            open_ms, _decimal(o), _decimal(h), _decimal(l), _decimal(c), _decimal(v),
+            open_ms, _decimal(o), _decimal(h), _decimal(lo), _decimal(c), _decimal(v),
             open_ms + series.interval_ms - 1, _decimal(v * c), 0, "0.00000000", "0.00000000", "0",
         ]
 
