@@ -35,7 +35,7 @@ from dagster._core.utils import make_new_run_id
 from regime_pipeline.configs import PROJECT_ROOT, data_settings, history_start, splits
 from regime_pipeline.core.regimes import labels as regimes
 from regime_pipeline.core.features import vol_forecasts
-from regime_pipeline.partitions import ORIGIN_NAMES, POLICY_ORIGIN_NAMES, SPLIT_NAMES
+from regime_pipeline.partitions import ORIGIN_NAMES, POLICY_ORIGIN_NAMES, POLICY_SEED_NAMES, SPLIT_NAMES
 from regime_pipeline.recovery import SayLog, free_dead_runs, stop_on_signals
 from regime_pipeline.resources import default_data_dir
 from regime_pipeline.resources.warehouse import read_table
@@ -47,7 +47,7 @@ class Stage:
     assets: tuple[str, ...]
     partitions: str  # "daily" (the run's date range), "split" (each split), "weekly", "origins" (every
     # walk-forward origin in one run), "origin" (one run per origin), "policy_origin" (one run per
-    # walk-forward policy origin), or "none"
+    # walk-forward policy origin), "policy_seeds" (every seed of every policy origin in one run), or "none"
 
 
 STAGES = (
@@ -70,6 +70,7 @@ STAGES = (
     Stage("walk_forward_reports", ("walk_forward_reports",), "origin"),
     Stage("policy", ("ppo_policy",), "none"),
     Stage("backtest", ("allocation_backtest",), "split"),
+    Stage("walk_forward_seeds", ("walk_forward_seed_policy",), "policy_seeds"),
     Stage("walk_forward_policy", ("walk_forward_policy",), "policy_origin"),
     Stage("walk_forward_backtest", ("walk_forward_backtest",), "policy_origin"),
     Stage("walk_forward_allocation", ("walk_forward_allocation",), "none"),
@@ -120,9 +121,30 @@ def _range_tags(first: dt.date, last: dt.date) -> dict[str, Any]:
     return {"tags": {ASSET_PARTITION_RANGE_START_TAG: first.isoformat(), ASSET_PARTITION_RANGE_END_TAG: last.isoformat()}}
 
 
-def stage_runs(stage: Stage, first: dt.date, last: dt.date) -> list[StageRun]:
+def _seed_runs(profile: str) -> list[StageRun]:
+    """The runs that train the walk-forward seeds of PPO `profile`: all in one run when it trains
+    every seed partition, else one run per origin over its seeds (a range of seed partitions)."""
+    from regime_pipeline.core.allocation import ppo
+
+    seeds = [str(s) for s in ppo.settings(profile).seeds]
+    start = POLICY_SEED_NAMES.index(seeds[0]) if seeds[0] in POLICY_SEED_NAMES else -1
+    if start < 0 or POLICY_SEED_NAMES[start : start + len(seeds)] != seeds:
+        raise SystemExit(f"PPO profile {profile!r} trains seeds {seeds}: the walk-forward's seed partitions are "
+                         f"{POLICY_SEED_NAMES} (configs/ppo.yaml `default`), and a run takes a contiguous range of them")
+    origins = POLICY_ORIGIN_NAMES
+    if seeds == POLICY_SEED_NAMES:
+        tags = {ASSET_PARTITION_RANGE_START_TAG: f"{origins[0]}|{seeds[0]}", ASSET_PARTITION_RANGE_END_TAG: f"{origins[-1]}|{seeds[-1]}"}
+        return [StageRun(f"origins {origins[0]} .. {origins[-1]} x seeds {seeds[0]} .. {seeds[-1]}", {"tags": tags},
+                         len(origins) * len(seeds))]
+    return [StageRun(f"origin {o} x seeds {seeds[0]} .. {seeds[-1]}", {"tags": {
+        ASSET_PARTITION_RANGE_START_TAG: f"{o}|{seeds[0]}", ASSET_PARTITION_RANGE_END_TAG: f"{o}|{seeds[-1]}"}}, len(seeds))
+        for o in origins]
+
+
+def stage_runs(stage: Stage, first: dt.date, last: dt.date, ppo_profile: str = "") -> list[StageRun]:
     """The runs that materialize `stage`: one over ``first..last``, one per split, every origin in
-    one, one per origin, one per policy origin, or one."""
+    one, one per origin, one per policy origin, the walk-forward seeds of `ppo_profile` (empty:
+    configs/allocation.yaml's), or one."""
     if stage.partitions == "daily":
         return [StageRun(f"{first} .. {last}", _range_tags(first, last), (last - first).days + 1)]
     if stage.partitions == "weekly":
@@ -137,6 +159,10 @@ def stage_runs(stage: Stage, first: dt.date, last: dt.date) -> list[StageRun]:
         return [StageRun(f"origin {origin}", {"partition_key": origin}, 1) for origin in ORIGIN_NAMES]
     if stage.partitions == "policy_origin":
         return [StageRun(f"origin {origin}", {"partition_key": origin}, 1) for origin in POLICY_ORIGIN_NAMES]
+    if stage.partitions == "policy_seeds":
+        from regime_pipeline.core.allocation.walk_forward import WalkForwardSettings
+
+        return _seed_runs(ppo_profile or WalkForwardSettings.from_config().ppo_profile)
     return [StageRun("", {}, 1)]
 
 
@@ -257,7 +283,8 @@ def run_stage(stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterI
     ops = {name: config for name, config in (op_config or {}).items() if name in stage.assets}
     if ops:
         run_config["ops"] = ops
-    runs = stage_runs(stage, first, last)
+    profile = (op_config or {}).get("walk_forward_seed_policy", {}).get("config", {}).get("profile", "")
+    runs = stage_runs(stage, first, last, profile)
     failed = None
     progress.begin(stage, runs)
     try:
@@ -418,7 +445,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     names = [s.name for s in STAGES]
     op_config = {"ppo_policy": {"config": {"profile": args.ppo_profile}}}
     if args.walk_forward_ppo_profile:
-        op_config["walk_forward_policy"] = {"config": {"profile": args.walk_forward_ppo_profile}}
+        for name in ("walk_forward_seed_policy", "walk_forward_policy"):
+            op_config[name] = {"config": {"profile": args.walk_forward_ppo_profile}}
     progress = Progress(live=sys.stdout.isatty() and not args.verbose)
     began = time.monotonic()
     # Ctrl-C and SIGTERM stop the command; runs whose process died are failed and their pool slots freed.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from regime_pipeline.configs import history_start, splits, walk_forward
+from regime_pipeline.configs import history_start, load_yaml, splits, walk_forward
 from regime_pipeline.core.allocation.walk_forward import WalkForwardSettings
 
 # One partition per UTC day from the first Binance spot USDT candle.
@@ -35,6 +35,15 @@ ORIGIN = dg.StaticPartitionsDefinition(ORIGIN_NAMES)
 # origins of ORIGIN that could never be materialized.
 POLICY_ORIGIN_NAMES = [str(y) for y in WalkForwardSettings.from_config().policy_origins]
 POLICY_ORIGIN = dg.StaticPartitionsDefinition(POLICY_ORIGIN_NAMES)
+
+# One PPO seed of one policy origin: the seeds of configs/ppo.yaml `default` (a profile trains
+# these or a subset of them). A backfill trains each (origin, seed) as its own run where runs
+# are spread over machines (a pod each in the cluster), and retraining one seed replaces
+# only that seed. Keys read ``2024|3`` (origin, then seed).
+POLICY_SEED_NAMES = [str(s) for s in load_yaml("ppo")["default"]["seeds"]]
+POLICY_SEED = dg.MultiPartitionsDefinition(
+    {"origin": POLICY_ORIGIN, "seed": dg.StaticPartitionsDefinition(POLICY_SEED_NAMES)}
+)
 
 
 def summary_partition(partition_keys: list[str]) -> str | None:

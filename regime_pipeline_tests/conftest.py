@@ -107,6 +107,26 @@ def materialize_range(assets, first: str, last: str, resources: dict, instance: 
     )
 
 
+def materialize_walk_forward_policy(assets, origin: str, resources: dict, instance: dg.DagsterInstance,
+                                    profile: str = "fast"):
+    """`walk_forward_seed_policy` for the seeds of PPO `profile` of `origin` (one run, as the
+    command line trains them), then the ensemble `walk_forward_policy[origin]`: both results."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from regime_pipeline.core.allocation import ppo
+
+    seeds = ppo.settings(profile).seeds
+    config = {"config": {"profile": profile}}
+    trained = dg.materialize(
+        assets, selection=["walk_forward_seed_policy"], resources=resources, instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: f"{origin}|{seeds[0]}", ASSET_PARTITION_RANGE_END_TAG: f"{origin}|{seeds[-1]}"},
+        run_config={"ops": {"walk_forward_seed_policy": config}},
+    )
+    deployed = dg.materialize(assets, selection=["walk_forward_policy"], partition_key=origin, resources=resources,
+                              instance=instance, run_config={"ops": {"walk_forward_policy": config}})
+    return trained, deployed
+
+
 def check_results(result) -> dict[str, bool]:
     """``{check_name: passed}`` for every asset check evaluated in `result`."""
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 
+import dagster as dg
 import pytest
 from dagster._core.events.log import EventLogEntry
 
@@ -89,3 +91,27 @@ def test_progress_off_a_terminal_prints_the_line_once():
     lines = out.getvalue().splitlines()
     assert lines[0] == "==> labels: regime_labels train, val"
     assert len(lines) == 2 and lines[1].startswith("    0/2 partitions, ") and "\r" not in out.getvalue()
+
+
+def test_the_walk_forward_seeds_run_as_ranges_of_seed_partitions(monkeypatch):
+    """Every (origin, seed) of a profile that trains all seed partitions in one run (its seeds
+    share the worker processes); a profile with fewer seeds one run per origin; seeds that are
+    not a range of the partitions are refused before anything runs."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as END, ASSET_PARTITION_RANGE_START_TAG as START
+
+    from regime_pipeline.core.allocation import ppo
+    from regime_pipeline.partitions import POLICY_ORIGIN, POLICY_SEED
+
+    stage = next(s for s in cli.STAGES if s.assets == ("walk_forward_seed_policy",))
+    (light,) = cli.stage_runs(stage, None, None, "light")
+    assert light.partitions == 40 == len(POLICY_SEED.get_partition_keys())
+    tags = light.kwargs["tags"]
+    keys = POLICY_SEED.get_partition_keys_in_range(dg.PartitionKeyRange(tags[START], tags[END]))
+    assert sorted(keys) == sorted(POLICY_SEED.get_partition_keys())
+    fast = cli.stage_runs(stage, None, None, "fast")
+    assert [r.kwargs["tags"][START] for r in fast] == [f"{o}|0" for o in POLICY_ORIGIN.get_partition_keys()]
+    assert {r.kwargs["tags"][END].split("|")[1] for r in fast} == {"1"} and {r.partitions for r in fast} == {2}
+    odd = dataclasses.replace(ppo.settings("fast"), seeds=(0, 2))
+    monkeypatch.setattr(ppo, "settings", lambda profile="default": odd)
+    with pytest.raises(SystemExit, match=r"trains seeds \['0', '2'\].*contiguous range"):
+        cli.stage_runs(stage, None, None, "odd")

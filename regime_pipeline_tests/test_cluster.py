@@ -347,12 +347,14 @@ def test_the_kubernetes_configuration_loads_and_sizes_the_heavy_steps(tmp_path, 
         assert pod["container_config"]["resources"]["requests"] == {"cpu": str(size["cpu"]), "memory": size["memory"]}, step
     assert "dagster-k8s/config" not in defs.get_assets_def("daily_bars").op.tags
 
-    # A backfill of walk-forward origins: one run locally (a process pool inside), a run (a pod) per origin in the cluster.
-    from regime_pipeline.resources.deployment import origin_backfill_policy
+    # A backfill of walk-forward origins or PPO seeds: one run locally (a process pool inside), a
+    # run (a pod) per origin or per seed in the cluster.
+    from regime_pipeline.resources.deployment import training_backfill_policy
 
     assert defs.get_assets_def("walk_forward_models").backfill_policy.max_partitions_per_run is None
+    assert defs.get_assets_def("walk_forward_seed_policy").backfill_policy.max_partitions_per_run is None
     monkeypatch.setenv("REGIME_DEPLOYMENT", "cluster")
-    assert origin_backfill_policy().max_partitions_per_run == 1
+    assert training_backfill_policy().max_partitions_per_run == 1
 
     # The workspace names the code location's gRPC server, and validates against Dagster's schema.
     from dagster._core.workspace.config_schema import process_workspace_config

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 
 import dagster as dg
 import numpy as np
@@ -24,10 +25,15 @@ from regime_pipeline.definitions import all_assets
 from regime_pipeline.partitions import ORIGIN, POLICY_ORIGIN
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.warehouse import read_table
-from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities, write_table, write_universe_tables
+from regime_pipeline_tests.conftest import (
+    embedded_daily_bars,
+    materialize_walk_forward_policy,
+    synthetic_probabilities,
+    write_table,
+    write_universe_tables,
+)
 
 D = dt.date
-FAST = {"ops": {"walk_forward_policy": {"config": {"profile": "fast"}}}}
 
 
 def _stand_in(seed: int = 0) -> pd.DataFrame:
@@ -111,12 +117,44 @@ def materialized(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch, dg.instance_for_test() as instance:
         patch.setattr(ppo, "train_seeds", recording)
-        policy = dg.materialize(everything, selection=["walk_forward_policy"], partition_key="2024",
-                                resources=resources, instance=instance, run_config=FAST)
+        _, policy = materialize_walk_forward_policy(everything, "2024", resources, instance)
         backtest = dg.materialize(everything, selection=["walk_forward_backtest"], partition_key="2024",
                                   resources=resources, instance=instance)
         report = dg.materialize(everything, selection=["walk_forward_allocation"], resources=resources, instance=instance)
     return data_dir, jobs, policy, backtest, report
+
+
+def test_each_seed_is_a_partition_and_the_policy_deploys_the_profiles_seeds(materialized, tmp_path) -> None:
+    data_dir, _, _, _, _ = materialized
+    folder = data_dir / "models" / "walk_forward_seed_policy" / "2024"
+    assert sorted(p.name for p in folder.glob("*.json")) == ["0.json", "1.json"]
+    records = [json.loads((folder / f"{seed}.json").read_text()) for seed in (0, 1)]
+    artifact = json.loads((data_dir / "models" / "walk_forward_policy" / "2024.json").read_text())
+    assert [r["policy"] for r in records] == artifact["policy"]["members"]
+    assert all(r["origin"] == 2024 and r["profile"] == "fast" for r in records)
+    assert artifact["training"]["seconds"] == pytest.approx(sum(r["seconds"] for r in records))
+
+    # One seed alone, as a backfill runs it where each partition is a run of its own (a pod in
+    # the cluster): the same policy as trained beside the other seed, and only its file rewritten.
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    resources = build_resources(str(copy))
+    with dg.instance_for_test() as instance:
+        alone = dg.materialize(all_assets, selection=["walk_forward_seed_policy"], resources=resources, instance=instance,
+                               partition_key=dg.MultiPartitionKey({"origin": "2024", "seed": "1"}),
+                               run_config={"ops": {"walk_forward_seed_policy": {"config": {"profile": "fast"}}}})
+        assert alone.success
+        again = json.loads((copy / "models" / "walk_forward_seed_policy" / "2024" / "1.json").read_text())
+        assert again["policy"] == records[1]["policy"] and again["kept_step"] == records[1]["kept_step"]
+        assert (copy / "models" / "walk_forward_seed_policy" / "2024" / "0.json").read_bytes() == (folder / "0.json").read_bytes()
+
+        # The ensemble of a profile whose seeds are not all trained is refused, naming them.
+        with pytest.raises(ValueError) as failure:
+            dg.materialize(all_assets, selection=["walk_forward_policy"], partition_key="2024", resources=resources,
+                           instance=instance, run_config={"ops": {"walk_forward_policy": {"config": {"profile": "light"}}}})
+    message = str(failure.value)
+    assert "seeds [2, 3, 4, 5, 6, 7, 8, 9] are not trained" in message and "seeds [0, 1] were trained with another profile" in message
+    assert "walk_forward_seed_policy [2024|2" in message
 
 
 def test_a_policy_trains_on_no_day_of_its_selection_or_origin_year(materialized) -> None:

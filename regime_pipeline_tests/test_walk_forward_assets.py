@@ -24,7 +24,8 @@ from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.market_data import MarketData
 from regime_pipeline.resources.warehouse import read_table
 from regime_pipeline_tests.conftest import (
-    check_results, embedded_daily_bars, embedded_daily_closes, embedded_universe, write_table,
+    check_results, embedded_daily_bars, embedded_daily_closes, embedded_universe, materialize_walk_forward_policy,
+    write_table,
 )
 
 ORIGINS = ("2020", "2021")
@@ -136,9 +137,8 @@ def first_policy(walked):
 
     with pytest.MonkeyPatch.context() as patch, dg.instance_for_test() as instance:
         patch.setattr(ppo, "train_seeds", recording)
-        result = dg.materialize(all_assets, selection=["walk_forward_policy"], partition_key="2022",
-                                resources=build_resources(str(data_dir), MarketData(source="embedded")), instance=instance,
-                                run_config={"ops": {"walk_forward_policy": {"config": {"profile": "fast"}}}})
+        _, result = materialize_walk_forward_policy(all_assets, "2022", build_resources(str(data_dir), MarketData(source="embedded")),
+                                                    instance)
     assert result.success
     return data_dir, jobs
 

@@ -54,9 +54,7 @@ def train_ensemble(
     """Train every seed of `profile` (in parallel) on `train`, each early-stopped on `val`, and
     deploy them as one ensemble; save each seed's SB3 model under ``models/<folder>/``.
 
-    :returns: the JSON artifact (the ensemble, every seed's curves and kept step, the settings)
-        and the asset's metadata (learning curves plot, per-seed table, the ensemble's val score
-        beside the seeds' mean ± sd).
+    :returns: :func:`describe_ensemble`'s artifact and metadata.
     """
     config = ppo.settings(profile)
     context.log.info(f"{folder}: {len(config.seeds)} seeds on {config.workers} worker(s), train {train[0]}..{train[1]}, "
@@ -66,24 +64,41 @@ def train_ensemble(
     began = dt.datetime.now()
     runs = ppo.train_seeds(jobs, config.workers, log=context.log)
     wall = (dt.datetime.now() - began).total_seconds()
-    deployed = ppo.ensemble(runs)
+    records = [save_seed(storage, folder, run) for run in runs]
+    return describe_ensemble(storage, data, records, train, val, profile, folder, wall)
 
+
+def save_seed(storage: ProjectStorage, folder: str, run: ppo.TrainedPolicy) -> dict:
+    """Save `run`'s SB3 model as ``models/<folder>/seed_<seed>.zip``; its :func:`ppo.seed_record`
+    with the file's path and hash."""
+    path = storage.models_dir / folder / f"seed_{run.seed}.zip"
+    sha = write_atomic(path, run.sb3_zip)
+    return {**ppo.seed_record(run), "sb3_model": {"path": str(path), "sha256": sha}}
+
+
+def describe_ensemble(
+    storage: ProjectStorage, data: AllocationData, records: list[dict], train: tuple[dt.date, dt.date],
+    val: tuple[dt.date, dt.date], profile: str, folder: str, wall: float,
+) -> tuple[dict, dict]:
+    """The ensemble of the seeds in `records` (:func:`save_seed`'s, all of `profile`), deployed as
+    the mean of their target weights.
+
+    :param wall: seconds of wall time their training took
+    :returns: the JSON artifact (the ensemble, every seed's curves and kept step, the settings)
+        and the asset's metadata (learning curves plot, per-seed table, the ensemble's val score
+        beside the seeds' mean ± sd).
+    """
+    config = ppo.settings(profile)
+    runs = [ppo.from_seed_record(r) for r in records]
+    deployed = ppo.ensemble(runs)
     seeds, rows = {}, []
-    for run in runs:
-        path = storage.models_dir / folder / f"seed_{run.seed}.zip"
-        sha = write_atomic(path, run.sb3_zip)
+    for run, record in zip(runs, records):
         summary = allocation.backtest_policy(run.policy, data, *val).summary()
         rows.append({"seed": run.seed, "kept_step": run.best.step, "steps_run": run.steps_run,
                      "stopped_early": run.stopped_early, "seconds": round(run.seconds, 1),
                      "val_score": run.best.score, "val_smoothed": run.best.smoothed,
                      **{f"val_{k}": summary[k] for k in ("total_return", "sharpe", "max_drawdown", "annual_turnover")}})
-        seeds[str(run.seed)] = {
-            "kept_step": run.best.step, "val_score": run.best.score, "val_smoothed": run.best.smoothed,
-            "steps_run": run.steps_run, "stopped_early": run.stopped_early,
-            "history": [[e.step, e.score, e.smoothed, e.eligible] for e in run.history],
-            "train_curve": [list(p) for p in run.train_curve],
-            "sb3_model": {"path": str(path), "sha256": sha},
-        }
+        seeds[str(run.seed)] = {k: v for k, v in record.items() if k not in ("seed", "policy", "seconds")}
     table = pd.DataFrame(rows)
     ensemble_val = allocation.backtest_policy(deployed, data, *val).summary()
     ensemble_score = ppo.validation_score(deployed, data, *val, config.val_score)

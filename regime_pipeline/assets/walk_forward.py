@@ -22,7 +22,7 @@ from regime_pipeline.core.regimes import ladder
 from regime_pipeline.core.regimes import walk_forward as wf
 from regime_pipeline.core.regimes.metrics import plot_confusion
 from regime_pipeline.partitions import ORIGIN
-from regime_pipeline.resources.deployment import origin_backfill_policy, step_tags
+from regime_pipeline.resources.deployment import training_backfill_policy, step_tags
 from regime_pipeline.resources.storage import ProjectStorage
 
 GROUP = "walk_forward"
@@ -59,7 +59,7 @@ def _on_universe(daily_bars: pd.DataFrame, universe: pd.DataFrame) -> tuple[pd.D
 @dg.asset(
     group_name=GROUP,
     partitions_def=ORIGIN,
-    backfill_policy=origin_backfill_policy(),
+    backfill_policy=training_backfill_policy(),
     ins=HISTORY,
     kinds={"pytorch", "hmmlearn"},
     op_tags=step_tags("walk_forward_models"),

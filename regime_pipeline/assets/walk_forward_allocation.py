@@ -11,6 +11,7 @@ origin Y depends on the probability origins before Y, its backtest on those up t
 """
 
 import datetime as dt
+import json
 
 import dagster as dg
 import pandas as pd
@@ -19,14 +20,16 @@ from regime_pipeline.assets.allocation import (
     comparison_note,
     comparison_results,
     describe_comparison,
+    describe_ensemble,
     md_table,
-    train_ensemble,
+    save_seed,
 )
-from regime_pipeline.core.allocation import comparison, rules, walk_forward
+from regime_pipeline.core.allocation import comparison, ppo, rules, walk_forward
 from regime_pipeline.core.allocation import policy as allocation
 from regime_pipeline.core.allocation.strategies import benchmark_strategies
 from regime_pipeline.core.plots import figure_to_markdown, plot_differences
-from regime_pipeline.partitions import POLICY_ORIGIN
+from regime_pipeline.partitions import POLICY_ORIGIN, POLICY_SEED
+from regime_pipeline.resources.deployment import step_tags, training_backfill_policy
 from regime_pipeline.resources.storage import ProjectStorage
 
 GROUP = "walk_forward_allocation"
@@ -51,6 +54,10 @@ class WalkForwardPolicyConfig(dg.Config):
     (`light`); `default` trains with the fixed split's budget, `fast` for a quick check."""
 
 
+def _profile(config: WalkForwardPolicyConfig) -> str:
+    return config.profile or walk_forward.WalkForwardSettings.from_config().ppo_profile
+
+
 # The universe and the close-only days, as the fixed split's allocation assets read them.
 UNIVERSE_INS = {"daily_closes": dg.AssetIn(), "universe": dg.AssetIn(partition_mapping=ALL)}
 
@@ -66,31 +73,116 @@ def _data(
     return allocation.allocation_data(daily_bars, stitched, daily_closes, universe), walk_forward.first_day(stitched)
 
 
+def seed_folder(origin: int) -> str:
+    """Where origin `origin`'s SB3 models are saved, under ``models/``."""
+    return f"walk_forward_policy/{origin}"
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=POLICY_SEED,
+    backfill_policy=training_backfill_policy(),
+    io_manager_key="model_io_manager",
+    # Every probability origin: Dagster maps a single-dimension upstream onto one dimension of a
+    # multi-partition only key for key, not "the origins before Y". Each seed's data are cut
+    # before its selection year in code (tested); walk_forward_policy's lineage is exact.
+    ins={"daily_bars": dg.AssetIn(partition_mapping=ALL), PROBABILITIES: dg.AssetIn(partition_mapping=ALL),
+         **UNIVERSE_INS},
+    metadata={"artifacts": "by_partition"},
+    kinds={"pytorch"},
+    op_tags=step_tags("walk_forward_seed_policy"),
+)
+def walk_forward_seed_policy(
+    context: dg.AssetExecutionContext, config: WalkForwardPolicyConfig, storage: ProjectStorage,
+    daily_bars: pd.DataFrame, walk_forward_probabilities: pd.DataFrame, daily_closes: pd.DataFrame,
+    universe: pd.DataFrame,
+) -> dg.Output[dict]:
+    """One PPO seed of origin Y's ensemble: trained on the days before Y - 1 that have
+    out-of-sample probabilities (the configured target's), early-stopped on a smoothed curve
+    over Y - 1; it never reads a day of Y. Several (origin, seed) partitions in one run train on
+    the profile's worker processes; the SB3 model is saved beside the JSON record."""
+    profile = _profile(config)
+    settings = ppo.settings(profile)
+    keys = sorted(context.partition_keys, key=lambda k: (k.keys_by_dimension["origin"], int(k.keys_by_dimension["seed"])))
+    by_origin: dict[int, list[int]] = {}
+    for key in keys:
+        origin, seed = int(key.keys_by_dimension["origin"]), int(key.keys_by_dimension["seed"])
+        if seed not in settings.seeds:
+            raise ValueError(f"walk_forward_seed_policy[{key}]: seed {seed} is not one of profile {profile!r}'s seeds "
+                             f"{list(settings.seeds)} (configs/ppo.yaml)")
+        by_origin.setdefault(origin, []).append(seed)
+    jobs, windows = [], {}
+    for origin, seeds in by_origin.items():
+        data, first = _data(daily_bars, walk_forward_probabilities, daily_closes, universe, before=origin)
+        windows[origin] = walk_forward.origin_windows(origin, first)
+        jobs += ppo.seed_jobs(data, windows[origin].train, windows[origin].select, settings, seeds, f"origin {origin}")
+    context.log.info(f"walk_forward_seed_policy: {len(jobs)} seeds of origins {', '.join(map(str, by_origin))} "
+                     f"({profile} profile) on {settings.workers} worker(s), up to {settings.total_timesteps:,} steps each")
+    began = dt.datetime.now()
+    runs = ppo.train_seeds(jobs, settings.workers, log=context.log)
+    wall = (dt.datetime.now() - began).total_seconds()
+    records, rows = {}, []
+    for key, job, run in zip(keys, jobs, runs):
+        origin = int(key.keys_by_dimension["origin"])
+        record = save_seed(storage, seed_folder(origin), run)
+        # The run's wall time is shared among its seeds in proportion to their training time.
+        share = run.seconds / max(sum(r.seconds for r in runs), 1e-9)
+        records[key] = {**record, "origin": origin, "profile": profile, "settings": settings.as_dict(),
+                        "train": list(job.train), "val": list(job.val), "wall_seconds": round(wall * share, 1)}
+        rows.append({"origin": origin, "seed": run.seed, "kept_step": run.best.step, "steps_run": run.steps_run,
+                     "val_score": run.best.score, "seconds": round(run.seconds, 1)})
+    return dg.Output(records, metadata={
+        "profile": profile,
+        "seeds": md_table(pd.DataFrame(rows)),
+        "wall_seconds": round(wall, 1),
+        "training_seconds": round(sum(r.seconds for r in runs), 1),
+    })
+
+
 @dg.asset(
     group_name=GROUP,
     partitions_def=POLICY_ORIGIN,
     io_manager_key="model_io_manager",
     ins={"daily_bars": dg.AssetIn(partition_mapping=ALL),
-         PROBABILITIES: dg.AssetIn(partition_mapping=origins_mapping(include_own=False)), **UNIVERSE_INS},
+         PROBABILITIES: dg.AssetIn(partition_mapping=origins_mapping(include_own=False)), **UNIVERSE_INS,
+         "walk_forward_seed_policy": dg.AssetIn(
+             partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="origin"),
+             metadata={"artifacts": "by_partition"})},
     kinds={"pytorch"},
 )
 def walk_forward_policy(
     context: dg.AssetExecutionContext, config: WalkForwardPolicyConfig, storage: ProjectStorage,
     daily_bars: pd.DataFrame, walk_forward_probabilities: pd.DataFrame, daily_closes: pd.DataFrame,
-    universe: pd.DataFrame,
+    universe: pd.DataFrame, walk_forward_seed_policy: dict,
 ) -> dg.Output[dict]:
-    """The PPO ensemble of origin Y: every seed trained on the days before Y - 1 that have
-    out-of-sample probabilities (the configured target's), early-stopped on a smoothed curve
-    over Y - 1, deployed as the mean of all seeds' target weights; it never reads a day of Y."""
+    """The PPO ensemble of origin Y: every seed of the profile (`walk_forward_seed_policy`, each
+    trained on the days before Y - 1 and early-stopped on Y - 1), deployed as the mean of their
+    target weights, decided before any score; it never reads a day of Y."""
     origin = int(context.partition_key)
-    settings = walk_forward.WalkForwardSettings.from_config()
-    profile = config.profile or settings.ppo_profile
+    profile = _profile(config)
+    wanted = ppo.settings(profile).seeds
+    seeds = {int(r["seed"]): r for r in walk_forward_seed_policy.values() if int(r["origin"]) == origin}
+    missing = [s for s in wanted if s not in seeds]
+    trained_with = json.loads(json.dumps(ppo.settings(profile).as_dict()))
+    other = [s for s in wanted if s in seeds and (seeds[s]["profile"] != profile or seeds[s]["settings"] != trained_with)]
+    if missing or other:
+        keys = ", ".join(f"{origin}|{s}" for s in missing + other)
+        raise ValueError(f"walk_forward_policy[{origin}] deploys the {len(wanted)} seeds of profile {profile!r}: "
+                         + (f"seeds {missing} are not trained; " if missing else "")
+                         + (f"seeds {other} were trained with another profile or other settings; " if other else "")
+                         + f"materialize walk_forward_seed_policy [{keys}] with {{'profile': '{profile}'}} first")
+    records = [seeds[s] for s in wanted]
     data, first = _data(daily_bars, walk_forward_probabilities, daily_closes, universe, before=origin)
     windows = walk_forward.origin_windows(origin, first)
-    artifact, metadata = train_ensemble(context, storage, data, windows.train, windows.select, profile,
-                                        f"walk_forward_policy/{origin}")
-    artifact.update({"origin": origin, "windows": windows.as_dict(), "target": settings.target})
-    metadata.update({"origin": origin, "windows": dg.MetadataValue.json(windows.as_dict()), "target": settings.target})
+    for r in records:
+        if r["train"] != [d.isoformat() for d in windows.train] or r["val"] != [d.isoformat() for d in windows.select]:
+            raise ValueError(f"walk_forward_seed_policy[{origin}|{r['seed']}] was trained on {r['train']} / {r['val']}, "
+                             f"origin {origin}'s windows are now {windows.as_dict()}: materialize it again")
+    wall = sum(float(r["wall_seconds"]) for r in records)
+    artifact, metadata = describe_ensemble(storage, data, records, windows.train, windows.select, profile,
+                                           seed_folder(origin), wall)
+    artifact.update({"origin": origin, "windows": windows.as_dict(), "target": walk_forward.WalkForwardSettings.from_config().target})
+    metadata.update({"origin": origin, "windows": dg.MetadataValue.json(windows.as_dict()), "target": artifact["target"]})
     return dg.Output(artifact, metadata=metadata)
 
 

@@ -33,10 +33,12 @@ def write_atomic(path: AnyPath, payload: bytes) -> str:
 
 class JsonArtifactIOManager(dg.ConfigurableIOManager):
     """Stores an asset's JSON-serialisable output as ``<root>/<asset>.json``, or for a
-    partitioned asset ``<root>/<asset>/<partition>.json`` (one partition per run). An input
-    loads one artifact, or ``{partition: artifact}`` of the partitions materialized so far when
-    it says so with ``AssetIn(metadata={"artifacts": "by_partition"})`` (e.g. every origin's
-    policy, for a report that says which are missing).
+    partitioned asset ``<root>/<asset>/<partition>.json`` (a multi-partition's key ``2024|3`` as
+    ``2024/3.json``). An asset declared with ``metadata={"artifacts": "by_partition"}`` returns
+    ``{partition: artifact}`` and may write several partitions in one run; any other writes one.
+    An input loads one artifact, or ``{partition: artifact}`` of the partitions materialized so
+    far when it says so with ``AssetIn(metadata={"artifacts": "by_partition"})`` (e.g. every
+    origin's policy, for a report that says which are missing).
 
     :ivar root: a local folder, or an ``s3://bucket/prefix`` location (one upload per file)
     :ivar s3_endpoint_url: an S3-compatible server other than AWS (MinIO, a test server)
@@ -52,19 +54,30 @@ class JsonArtifactIOManager(dg.ConfigurableIOManager):
         name = context.asset_key.path[-1]
         if not context.has_asset_partitions:
             return {None: root / f"{name}.json"}
-        return {key: root / name / f"{key}.json" for key in context.asset_partition_keys}
+        return {key: root / name / f"{str(key).replace('|', '/')}.json" for key in context.asset_partition_keys}
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         paths = self._paths(context)
-        if len(paths) != 1:
-            raise ValueError(f"{context.asset_key.to_user_string()}: a model artifact is written one partition at a time, "
-                             f"not {len(paths)}")
-        path = next(iter(paths.values()))
-        payload = json.dumps(obj, indent=1, sort_keys=True, default=_jsonable).encode()
-        digest = write_bytes_atomic(path, payload)
-        context.add_output_metadata(
-            {"path": dg.MetadataValue.path(str(path)), "sha256": digest, "bytes": len(payload)}
-        )
+        what = context.asset_key.to_user_string()
+        if (context.definition_metadata or {}).get("artifacts") == "by_partition":
+            if not isinstance(obj, dict) or set(obj) != set(paths):
+                raise ValueError(f"{what}: expected one artifact per partition of the run ({', '.join(map(str, paths))})")
+            artifacts = {paths[key]: obj[key] for key in paths}
+        elif len(paths) != 1:
+            raise ValueError(f"{what}: a model artifact is written one partition at a time, not {len(paths)}")
+        else:
+            artifacts = {next(iter(paths.values())): obj}
+        sizes, digest = 0, ""
+        for path, artifact in artifacts.items():
+            payload = json.dumps(artifact, indent=1, sort_keys=True, default=_jsonable).encode()
+            digest = write_bytes_atomic(path, payload)
+            sizes += len(payload)
+        first = next(iter(artifacts))
+        if len(artifacts) == 1:
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(first)), "sha256": digest, "bytes": sizes})
+        else:
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(first.parent)), "files": len(artifacts),
+                                         "bytes": sizes})
 
     def load_input(self, context: dg.InputContext) -> Any:
         paths = self._paths(context)

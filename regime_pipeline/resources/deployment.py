@@ -111,10 +111,11 @@ def executor_from_env():
     return None
 
 
-def origin_backfill_policy():
-    """How a backfill of walk-forward origins is split into runs: locally one run, whose step
-    trains the origins in a process pool; in the cluster a run per origin, so each origin's
-    training gets a pod of its own (and the run queue's backfill limit spreads them)."""
+def training_backfill_policy():
+    """How a backfill of walk-forward origins (or of PPO seeds) is split into runs: locally one
+    run, whose step trains them in a process pool; in the cluster a run per partition, so each
+    origin's (each seed's) training gets a pod of its own (and the run queue's backfill limit
+    spreads them)."""
     import dagster as dg
 
     if (os.environ.get(DEPLOYMENT_ENV, "local") or "local") == "cluster":

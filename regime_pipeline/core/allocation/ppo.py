@@ -246,6 +246,29 @@ class TrainedPolicy:
     sb3_zip: bytes = field(default=b"", repr=False)  # the same model saved by SB3 (from a worker)
 
 
+def seed_record(run: TrainedPolicy) -> dict[str, Any]:
+    """One seed's outcome as JSON: its kept actor, the kept checkpoint, both learning curves and
+    its training time (:func:`from_seed_record` reads it back)."""
+    return {
+        "seed": run.seed, "policy": run.policy.to_dict(), "kept_step": run.best.step, "val_score": run.best.score,
+        "val_smoothed": run.best.smoothed, "steps_run": run.steps_run, "stopped_early": run.stopped_early,
+        "seconds": round(run.seconds, 1), "history": [[e.step, e.score, e.smoothed, e.eligible] for e in run.history],
+        "train_curve": [list(p) for p in run.train_curve],
+    }
+
+
+def from_seed_record(raw: dict[str, Any]) -> TrainedPolicy:
+    """The :class:`TrainedPolicy` of a :func:`seed_record` (without the SB3 model)."""
+    history = [Evaluation(int(step), float(score), float(smoothed), bool(eligible))
+               for step, score, smoothed, eligible in raw["history"]]
+    return TrainedPolicy(
+        seed=int(raw["seed"]), policy=AllocationPolicy.from_dict(raw["policy"]),
+        best=Evaluation(int(raw["kept_step"]), float(raw["val_score"]), float(raw["val_smoothed"]), True),
+        history=history, train_curve=[(int(step), float(r)) for step, r in raw["train_curve"]],
+        steps_run=int(raw["steps_run"]), stopped_early=bool(raw["stopped_early"]), seconds=float(raw["seconds"]),
+    )
+
+
 def train_policy(
     make_env: Callable[[], AllocationEnv], scorer: Scorer, config: PPOSettings, seed: int,
     log: logging.Logger | Any | None = None,
@@ -315,6 +338,7 @@ class TrainingJob:
 
     :ivar train: first and last day of the training episodes
     :ivar val: first and last day of the selection window
+    :ivar label: what the log calls it (``seed 3``, ``origin 2024 seed 3``)
     """
 
     seed: int
@@ -323,6 +347,7 @@ class TrainingJob:
     train: tuple[dt.date, dt.date]
     val_data: AllocationData
     val: tuple[dt.date, dt.date]
+    label: str = ""
 
     def make_env(self) -> AllocationEnv:
         c = self.config
@@ -339,10 +364,19 @@ def training_jobs(
 ) -> list[TrainingJob]:
     """One job per seed of `config`: training episodes in `train`, selection on `val` (which
     must come after `train`), each job cut to the days it may see."""
+    return seed_jobs(data, train, val, config, config.seeds)
+
+
+def seed_jobs(
+    data: AllocationData, train: tuple[dt.date, dt.date], val: tuple[dt.date, dt.date], config: PPOSettings,
+    seeds: Sequence[int], label: str = "",
+) -> list[TrainingJob]:
+    """:func:`training_jobs` for the given `seeds`, labelled ``<label> seed <s>`` in the log."""
     if not train[0] <= train[1] < val[0] <= val[1]:
         raise ValueError(f"the selection window {val[0]}..{val[1]} must follow the training window {train[0]}..{train[1]}")
     train_data, val_data = data.through(train[1]), data.through(val[1])
-    return [TrainingJob(seed, config, train_data, train, val_data, val) for seed in config.seeds]
+    prefix = f"{label} " if label else ""
+    return [TrainingJob(seed, config, train_data, train, val_data, val, f"{prefix}seed {seed}") for seed in seeds]
 
 
 def run_job(job: TrainingJob) -> TrainedPolicy:
@@ -361,23 +395,24 @@ def train_seeds(jobs: Sequence[TrainingJob], workers: int, log: logging.Logger |
     results: dict[int, TrainedPolicy] = {}
     began = time.perf_counter()
 
-    def report(result: TrainedPolicy) -> None:
-        results[result.seed] = result
+    def report(index: int, result: TrainedPolicy) -> None:
+        results[index] = result
         if log is not None:
-            log.info(f"seed {result.seed}: kept step {result.best.step:,} (val {result.best.score:+.4f}, smoothed "
-                     f"{result.best.smoothed:+.4f}) of {result.steps_run:,} in {result.seconds:.0f}s; "
-                     f"{len(results)}/{len(jobs)} seeds done after {time.perf_counter() - began:.0f}s")
+            log.info(f"{jobs[index].label or f'seed {result.seed}'}: kept step {result.best.step:,} (val "
+                     f"{result.best.score:+.4f}, smoothed {result.best.smoothed:+.4f}) of {result.steps_run:,} in "
+                     f"{result.seconds:.0f}s; {len(results)}/{len(jobs)} seeds done after {time.perf_counter() - began:.0f}s")
 
     if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            report(run_job(job))
+        for i, job in enumerate(jobs):
+            report(i, run_job(job))
     else:
         # spawn, not fork: the parent may hold torch's thread pools and a Dagster run's state.
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-            for future in concurrent.futures.as_completed([pool.submit(run_job, job) for job in jobs]):
-                report(future.result())
-    return [results[job.seed] for job in jobs]
+            futures = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
+            for future in concurrent.futures.as_completed(futures):
+                report(futures[future], future.result())
+    return [results[i] for i in range(len(jobs))]
 
 
 def ensemble(results: Sequence[TrainedPolicy]) -> EnsemblePolicy:
