@@ -110,21 +110,31 @@ def materialize_range(assets, first: str, last: str, resources: dict, instance: 
 def materialize_walk_forward_policy(assets, origin: str, resources: dict, instance: dg.DagsterInstance,
                                     profile: str = "fast"):
     """`walk_forward_seed_policy` for the seeds of PPO `profile` of `origin` (one run, as the
-    command line trains them), then the ensemble `walk_forward_policy[origin]`: both results."""
+    command line trains them), then the ensemble `walk_forward_policy[origin]`: both results, and
+    the seeds' training jobs (what each was given to see)."""
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from regime_pipeline.core.allocation import ppo
 
     seeds = ppo.settings(profile).seeds
     config = {"config": {"profile": profile}}
-    trained = dg.materialize(
-        assets, selection=["walk_forward_seed_policy"], resources=resources, instance=instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: f"{origin}|{seeds[0]}", ASSET_PARTITION_RANGE_END_TAG: f"{origin}|{seeds[-1]}"},
-        run_config={"ops": {"walk_forward_seed_policy": config}},
-    )
+    jobs: list[ppo.TrainingJob] = []
+    train_seeds = ppo.train_seeds
+
+    def recording(job_list, workers, log=None):
+        jobs.extend(job_list)
+        return train_seeds(job_list, workers, log)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ppo, "train_seeds", recording)
+        trained = dg.materialize(
+            assets, selection=["walk_forward_seed_policy"], resources=resources, instance=instance,
+            tags={ASSET_PARTITION_RANGE_START_TAG: f"{origin}|{seeds[0]}", ASSET_PARTITION_RANGE_END_TAG: f"{origin}|{seeds[-1]}"},
+            run_config={"ops": {"walk_forward_seed_policy": config}},
+        )
     deployed = dg.materialize(assets, selection=["walk_forward_policy"], partition_key=origin, resources=resources,
                               instance=instance, run_config={"ops": {"walk_forward_policy": config}})
-    return trained, deployed
+    return trained, deployed, jobs
 
 
 def check_results(result) -> dict[str, bool]:

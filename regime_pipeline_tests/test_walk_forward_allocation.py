@@ -108,16 +108,8 @@ def materialized(tmp_path_factory):
     write_universe_tables(database)
     everything = all_assets
     resources = build_resources(str(data_dir))
-    jobs: list[ppo.TrainingJob] = []
-    train_seeds = ppo.train_seeds
-
-    def recording(job_list, workers, log=None):
-        jobs.extend(job_list)
-        return train_seeds(job_list, workers, log)
-
-    with pytest.MonkeyPatch.context() as patch, dg.instance_for_test() as instance:
-        patch.setattr(ppo, "train_seeds", recording)
-        _, policy = materialize_walk_forward_policy(everything, "2024", resources, instance)
+    with dg.instance_for_test() as instance:
+        _, policy, jobs = materialize_walk_forward_policy(everything, "2024", resources, instance)
         backtest = dg.materialize(everything, selection=["walk_forward_backtest"], partition_key="2024",
                                   resources=resources, instance=instance)
         report = dg.materialize(everything, selection=["walk_forward_allocation"], resources=resources, instance=instance)

@@ -125,20 +125,10 @@ def test_the_report_ladders_every_detector_and_target_against_its_baselines(walk
 def first_policy(walked):
     """`walk_forward_policy[2022]` (fast profile) on the two origins' real probabilities: the first
     policy origin, trained on 2020 and selected on 2021. The seeds' training jobs are recorded."""
-    from regime_pipeline.core.allocation import ppo
-
     data_dir, _ = walked
-    jobs: list[ppo.TrainingJob] = []
-    train_seeds = ppo.train_seeds
-
-    def recording(job_list, workers, log=None):
-        jobs.extend(job_list)
-        return train_seeds(job_list, workers, log)
-
-    with pytest.MonkeyPatch.context() as patch, dg.instance_for_test() as instance:
-        patch.setattr(ppo, "train_seeds", recording)
-        _, result = materialize_walk_forward_policy(all_assets, "2022", build_resources(str(data_dir), MarketData(source="embedded")),
-                                                    instance)
+    with dg.instance_for_test() as instance:
+        _, result, jobs = materialize_walk_forward_policy(
+            all_assets, "2022", build_resources(str(data_dir), MarketData(source="embedded")), instance)
     assert result.success
     return data_dir, jobs
 
