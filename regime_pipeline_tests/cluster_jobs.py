@@ -2,7 +2,8 @@
 
 ``week_job``: a week of the daily pipeline (bars, features, probabilities); ``rebalance_job``: the
 weekly rebalance; ``bars_job``: bars only; ``bars_reader_job``: a step that reads every stored
-daily bar. Each is rebuilt in every process from ``REGIME_DEPLOYMENT`` and the other variables
+daily bar; ``seed_job``: one walk-forward PPO seed (``2025|0``), ``ensemble_job``: an origin's
+ensemble of them, both with the `fast` PPO profile. Each is rebuilt in every process from ``REGIME_DEPLOYMENT`` and the other variables
 (:func:`regime_pipeline.resources.build_resources`), as a code location would be.
 
 ``python -m regime_pipeline_tests.cluster_jobs JOB FIRST LAST`` runs JOB over FIRST..LAST (the
@@ -64,7 +65,18 @@ def bars_reader_job() -> dg.JobDefinition:
     return _job("bars_reader_job", ["daily_bars_count"])
 
 
-JOBS = {"week_job": week_job, "rebalance_job": rebalance_job, "bars_job": bars_job, "bars_reader_job": bars_reader_job}
+def seed_job() -> dg.JobDefinition:
+    return _job("seed_job", ["walk_forward_seed_policy"])
+
+
+def ensemble_job() -> dg.JobDefinition:
+    return _job("ensemble_job", ["walk_forward_policy"])
+
+
+JOBS = {"week_job": week_job, "rebalance_job": rebalance_job, "bars_job": bars_job, "bars_reader_job": bars_reader_job,
+        "seed_job": seed_job, "ensemble_job": ensemble_job}
+# The `fast` PPO profile, for the step each of these jobs runs.
+FAST_PPO = {"seed_job": "walk_forward_seed_policy", "ensemble_job": "walk_forward_policy"}
 
 
 def run(instance: dg.DagsterInstance, job: str, first: str | None = None, last: str | None = None,
@@ -76,13 +88,16 @@ def run(instance: dg.DagsterInstance, job: str, first: str | None = None, last: 
         tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last or first}
     if partition is not None:
         tags = {"dagster/partition": partition}
-    return dg.execute_job(dg.reconstructable(JOBS[job]), instance=instance, tags=tags, run_config=TWO_AT_ONCE)
+    config = dict(TWO_AT_ONCE)
+    if job in FAST_PPO:
+        config["ops"] = {FAST_PPO[job]: {"config": {"profile": "fast"}}}
+    return dg.execute_job(dg.reconstructable(JOBS[job]), instance=instance, tags=tags, run_config=config)
 
 
 def main(argv: list[str]) -> int:
     job, first, last = argv
     with dg.DagsterInstance.get() as instance:
-        if job == "rebalance_job":
+        if job in ("rebalance_job", "seed_job", "ensemble_job"):  # one partition
             result = run(instance, job, partition=first)
         elif job == "week_and_rebalance":  # the week's days, then the Monday after
             monday = (pd.Timestamp(last) + pd.Timedelta(days=1)).date().isoformat()

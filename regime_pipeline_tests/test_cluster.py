@@ -264,6 +264,34 @@ def test_a_week_on_the_cluster_profile_stores_what_the_local_profile_stores(serv
     )
 
 
+# -------------------------------------------------------------------------------- seeds
+
+
+def test_seeds_train_in_runs_of_their_own_and_deploy_from_object_storage(services, earlier_stages, tmp_path, monkeypatch):
+    """Two PPO seeds of one origin, each its own run at the same time (as the cluster's backfill
+    launches them, a pod each), then the origin's ensemble: every model in the object store."""
+    postgres, s3 = services
+    url = postgres.create_database("seeds")
+    data_dir = s3.create_bucket("seeds") + "/data"
+    models = storage_path(data_dir + "/models", endpoint_url=s3.endpoint_url)
+    seed(earlier_stages, lambda n, f: write_postgres_table(url, n, f), models)
+    cluster_env(monkeypatch, url, data_dir, s3.endpoint_url)
+    monkeypatch.setenv("DAGSTER_HOME", str(cluster_home(tmp_path / "home", postgres.create_database("dagster_seeds"))))
+
+    _succeeds(_run("seed_job", f"{DEPLOYED_ORIGIN}|0", ""), _run("seed_job", f"{DEPLOYED_ORIGIN}|1", ""))
+    _succeeds(_run("ensemble_job", DEPLOYED_ORIGIN, ""))
+
+    records = [json.loads((models / "walk_forward_seed_policy" / DEPLOYED_ORIGIN / f"{s}.json").read_text()) for s in (0, 1)]
+    deployed = json.loads((models / "walk_forward_policy" / f"{DEPLOYED_ORIGIN}.json").read_text())
+    assert deployed["policy"]["members"] == [r["policy"] for r in records] and deployed["profile"] == "fast"
+    for r in records:
+        assert r["sb3_model"]["path"].startswith("s3://") and storage_path(r["sb3_model"]["path"],
+                                                                              endpoint_url=s3.endpoint_url).exists()
+    with dg.DagsterInstance.get() as instance:
+        runs = {r.run_id for r in instance.fetch_materializations(dg.AssetKey("walk_forward_seed_policy"), limit=10).records}
+    assert len(runs) == 2
+
+
 # -------------------------------------------------------------------------------- concurrency
 
 

@@ -103,7 +103,9 @@ def walk_forward_seed_policy(
     the profile's worker processes; the SB3 model is saved beside the JSON record."""
     profile = _profile(config)
     settings = ppo.settings(profile)
-    keys = sorted(context.partition_keys, key=lambda k: (k.keys_by_dimension["origin"], int(k.keys_by_dimension["seed"])))
+    # A run launched with the partition as a tag hands its key over as a plain string.
+    keys = sorted((POLICY_SEED.get_partition_key_from_str(str(k)) for k in context.partition_keys),
+                  key=lambda k: (k.keys_by_dimension["origin"], int(k.keys_by_dimension["seed"])))
     by_origin: dict[int, list[int]] = {}
     for key in keys:
         origin, seed = int(key.keys_by_dimension["origin"]), int(key.keys_by_dimension["seed"])
