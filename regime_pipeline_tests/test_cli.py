@@ -115,3 +115,28 @@ def test_the_walk_forward_seeds_run_as_ranges_of_seed_partitions(monkeypatch):
     monkeypatch.setattr(ppo, "settings", lambda profile="default": odd)
     with pytest.raises(SystemExit, match=r"trains seeds \['0', '2'\].*contiguous range"):
         cli.stage_runs(stage, None, None, "odd")
+
+
+def test_a_steps_python_warnings_go_to_its_run_log_once_each(capfd) -> None:
+    """What a computation warns (the GARCH filter's start value, a library's caveat) reaches the
+    run's log, where the UI and the command line show it with the asset's name, once per text,
+    and not the process's stderr."""
+    import warnings
+
+    from regime_pipeline.assets.metadata import warnings_to_log
+
+    @dg.asset
+    def warns(context) -> int:
+        with warnings_to_log(context):
+            for origin in (2020, 2021, 2022):
+                warnings.warn("garch beta^180 > 1e-3", UserWarning, stacklevel=1)
+            warnings.warn(f"origin {origin} has no day", RuntimeWarning, stacklevel=1)
+        return 1
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([warns], instance=instance)
+        logged = [r.user_message for r in instance.all_logs(result.run_id) if r.level == logging.WARNING]
+    assert logged == ["UserWarning: garch beta^180 > 1e-3", "RuntimeWarning: origin 2022 has no day"]
+    # Only Dagster's log lines name it (with the step), not Python's "file:line: UserWarning" print.
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if "garch beta" in line and " - warns - " not in line] == []

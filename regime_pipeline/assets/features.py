@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from regime_pipeline.assets.bars import window_days
-from regime_pipeline.assets.metadata import add_run_metadata
+from regime_pipeline.assets.metadata import add_run_metadata, warnings_to_log
 from regime_pipeline.checks.gate import checked_output
 from regime_pipeline.configs import history_start, splits
 from regime_pipeline.configs import universe as universe_config
@@ -147,7 +147,8 @@ def vol_features(context: dg.AssetExecutionContext, daily_bars: pd.DataFrame, ga
     start, end = window_days(context)
     require_bars(daily_bars, start, end, log=context.log)
     params = {s: features.GarchParams.from_dict(p) for s, p in garch_params.items()}
-    frame = features.vol_features(candidate_bars(daily_bars), params, start, end)
+    with warnings_to_log(context):
+        frame = features.vol_features(candidate_bars(daily_bars), params, start, end)
     yield from _feature_output(context, "vol_features", frame, start, end)
 
 

@@ -1,6 +1,9 @@
-"""Helpers that turn figures and tables into asset metadata, and attach what describes a run."""
+"""Helpers that turn figures and tables into asset metadata, attach what describes a run, and
+send a step's Python warnings to its run's log."""
 
-from collections.abc import Mapping
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -35,3 +38,19 @@ def add_run_metadata(context: dg.AssetExecutionContext, metadata: Mapping[str, A
         return
     context.add_asset_metadata(metadata, partition_key=last)
     context.add_asset_metadata({SUMMARY_ON: last})
+
+
+@contextlib.contextmanager
+def warnings_to_log(context: dg.AssetExecutionContext) -> Iterator[None]:
+    """Python warnings raised in the block go to the run's log, each text once, where the UI and
+    the command line show them with the asset's name; Dagster would leave them on the step
+    process's stderr, unattributed and repeated for every origin."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    said: set[str] = set()
+    for warning in caught:
+        text = f"{warning.category.__name__}: {warning.message}"
+        if text not in said:
+            said.add(text)
+            context.log.warning(text)

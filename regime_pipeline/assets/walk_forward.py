@@ -17,6 +17,7 @@ import pandas as pd
 
 from regime_pipeline.configs import universe as universe_config
 from regime_pipeline.core.data import universe as pit
+from regime_pipeline.assets.metadata import warnings_to_log
 from regime_pipeline.core.plots import figure_to_markdown, plot_training
 from regime_pipeline.core.regimes import ladder
 from regime_pipeline.core.regimes import walk_forward as wf
@@ -76,8 +77,9 @@ def walk_forward_models(
     profile = _profile(config)
     workers = config.workers or int(wf.settings()["workers"])
     bars, members = _on_universe(daily_bars, universe)
-    labelers, trained = wf.fit_origins(bars, trend_features, cross_features, origins, storage.models_dir,
-                                       profile, workers, log=context.log.info, warn=context.log.warning, members=members)
+    with warnings_to_log(context):
+        labelers, trained = wf.fit_origins(bars, trend_features, cross_features, origins, storage.models_dir,
+                                           profile, workers, log=context.log.info, warn=context.log.warning, members=members)
     windows = pd.DataFrame([{**labelers[o].windows.record(), "garch_median_for": ", ".join(labelers[o].garch_pooled) or "none"}
                             for o in origins])
     summary = pd.DataFrame([{k: r[k] for k in ("origin", "target", "kind", "best_epoch", "epochs_run", "val_macro_f1",
@@ -125,7 +127,8 @@ def walk_forward_probabilities(
     bars, members = _on_universe(daily_bars, universe)
     for origin in _origins(context):
         labelers = wf.Labelers.from_dict(json.loads(wf.labelers_path(storage.models_dir, origin).read_text()))
-        data = wf.origin_data(labelers, bars, trend_features, cross_features, members)
+        with warnings_to_log(context):
+            data = wf.origin_data(labelers, bars, trend_features, cross_features, members)
         parts.append(wf.probabilities(data, storage.models_dir))
         records.append(wf.model_records(storage.models_dir, origin))
         context.log.info(f"origin {origin}: {len(parts[-1])} rows")
@@ -161,7 +164,8 @@ def walk_forward_reports(
     origin = int(context.partition_key)
     labelers = wf.Labelers.from_dict(json.loads(wf.labelers_path(storage.models_dir, origin).read_text()))
     bars, members = _on_universe(daily_bars, universe)
-    data = wf.origin_data(labelers, bars, trend_features, cross_features, members)
+    with warnings_to_log(context):
+        data = wf.origin_data(labelers, bars, trend_features, cross_features, members)
     rows, plots, durations, summary = ladder_rows(data, walk_forward_probabilities)
     table = pd.DataFrame(rows)
     write_report(storage, origin, table, summary, durations)
