@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 READY = "ready"
+HANGING = "hanging"
 
 
 def wait_for(go: str | None, timeout_s: float = 120.0) -> None:
@@ -49,7 +50,9 @@ def materialize(args: argparse.Namespace) -> None:
     data, or `files_dir`).
 
     With ``--home`` the run goes to the Dagster instance there (its pools apply); without, to a
-    throw-away instance.
+    throw-away instance. With ``--hang`` the run hangs inside `daily_bars`' computation (its pool
+    slot held, no storage access under way), after printing ``hanging``: a stuck step, which
+    only a kill ends.
     """
     import os
 
@@ -68,6 +71,15 @@ def materialize(args: argparse.Namespace) -> None:
         instance = dg.DagsterInstance.get()
     else:
         instance = dg.DagsterInstance.ephemeral()
+    if args.hang:
+        from regime_pipeline.assets import bars
+
+        def hang(*_args, **_kwargs):
+            print(HANGING, flush=True)
+            while True:
+                time.sleep(60)
+
+        bars.combine_daily = hang
     wait_for(args.go)
     result = materialize_range([minute_bars, daily_bars], args.first, args.last, resources, instance,
                                selection=args.select, raise_on_error=False)
@@ -103,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--files-dir", default="")
     run.add_argument("--home", default="")
     run.add_argument("--go")
+    run.add_argument("--hang", action="store_true")
     run.set_defaults(func=materialize)
     args = parser.parse_args(argv)
     args.func(args)
