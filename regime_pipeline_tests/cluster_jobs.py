@@ -2,8 +2,7 @@
 
 ``week_job``: a week of the daily pipeline (bars, features, probabilities); ``rebalance_job``: the
 weekly rebalance; ``bars_job``: bars only; ``bars_reader_job``: a step that reads every stored
-daily bar; ``seed_job``: one walk-forward PPO seed (``2025|0``), ``ensemble_job``: an origin's
-ensemble of them, both with the `fast` PPO profile. Each is rebuilt in every process from ``REGIME_DEPLOYMENT`` and the other variables
+daily bar; ``seed_job``: one walk-forward PPO seed (``2025|0``) with the `fast` PPO profile. Each is rebuilt in every process from ``REGIME_DEPLOYMENT`` and the other variables
 (:func:`regime_pipeline.resources.build_resources`), as a code location would be.
 
 ``python -m regime_pipeline_tests.cluster_jobs JOB FIRST LAST`` runs JOB over FIRST..LAST (the
@@ -69,14 +68,10 @@ def seed_job() -> dg.JobDefinition:
     return _job("seed_job", ["walk_forward_seed_policy"])
 
 
-def ensemble_job() -> dg.JobDefinition:
-    return _job("ensemble_job", ["walk_forward_policy"])
-
-
 JOBS = {"week_job": week_job, "rebalance_job": rebalance_job, "bars_job": bars_job, "bars_reader_job": bars_reader_job,
-        "seed_job": seed_job, "ensemble_job": ensemble_job}
+        "seed_job": seed_job}
 # The `fast` PPO profile, for the step each of these jobs runs.
-FAST_PPO = {"seed_job": "walk_forward_seed_policy", "ensemble_job": "walk_forward_policy"}
+FAST_PPO = {"seed_job": "walk_forward_seed_policy"}
 
 
 def run(instance: dg.DagsterInstance, job: str, first: str | None = None, last: str | None = None,
@@ -97,7 +92,7 @@ def run(instance: dg.DagsterInstance, job: str, first: str | None = None, last: 
 def main(argv: list[str]) -> int:
     job, first, last = argv
     with dg.DagsterInstance.get() as instance:
-        if job in ("rebalance_job", "seed_job", "ensemble_job"):  # one partition
+        if job in ("rebalance_job", "seed_job"):  # one partition
             result = run(instance, job, partition=first)
         elif job == "week_and_rebalance":  # the week's days, then the Monday after
             monday = (pd.Timestamp(last) + pd.Timedelta(days=1)).date().isoformat()

@@ -7,6 +7,8 @@ multiprocess executor with two steps at once.
   rebalance) stores exactly the rows the `local` profile stores;
 * two runs writing disjoint days of the same month and tables while a third reads them: all
   succeed, nothing is lost;
+* two walk-forward PPO seeds trained as two runs at once, then their ensemble: every model on
+  the object store;
 * the Kubernetes side (no cluster here): the instance file parses, the run launcher and the
   step executor are built, the heavy steps carry their pod sizes.
 """
@@ -279,7 +281,14 @@ def test_seeds_train_in_runs_of_their_own_and_deploy_from_object_storage(service
     monkeypatch.setenv("DAGSTER_HOME", str(cluster_home(tmp_path / "home", postgres.create_database("dagster_seeds"))))
 
     _succeeds(_run("seed_job", f"{DEPLOYED_ORIGIN}|0", ""), _run("seed_job", f"{DEPLOYED_ORIGIN}|1", ""))
-    _succeeds(_run("ensemble_job", DEPLOYED_ORIGIN, ""))
+    # The ensemble in this process (a third interpreter would only add its start-up).
+    from regime_pipeline.definitions import all_assets
+    from regime_pipeline.resources import build_resources
+
+    with dg.DagsterInstance.get() as instance:
+        assert dg.materialize(all_assets, selection=["walk_forward_policy"], partition_key=DEPLOYED_ORIGIN,
+                              resources=build_resources(), instance=instance,
+                              run_config={"ops": {"walk_forward_policy": {"config": {"profile": "fast"}}}}).success
 
     records = [json.loads((models / "walk_forward_seed_policy" / DEPLOYED_ORIGIN / f"{s}.json").read_text()) for s in (0, 1)]
     deployed = json.loads((models / "walk_forward_policy" / f"{DEPLOYED_ORIGIN}.json").read_text())
