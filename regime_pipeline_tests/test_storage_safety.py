@@ -102,6 +102,48 @@ def test_two_processes_writing_days_of_one_month_keep_every_day(tmp_path):
     assert sorted(p.name for p in month.iterdir()) == [".lock", "data.parquet"]
 
 
+def test_a_month_emptied_while_the_stored_days_are_listed_is_not_an_error(tmp_path, monkeypatch):
+    lake = MinuteLake(tmp_path / "lake")
+    source = EmbeddedSource(EMBEDDED / "daily_klines.parquet", EMBEDDED / "minute_bars.parquet")
+    for day, minutes in source.minute_days("BTCUSDT", dt.date(2021, 10, 1), dt.date(2021, 10, 3)):
+        lake.write_day("BTCUSDT", day, minutes)
+    listed = lake.files() + [lake.month_path("ETHUSDT", "2021-10")]  # listed, then emptied by a writer
+    monkeypatch.setattr(lake, "files", lambda: listed)
+    assert lake.stored_days()["date"].tolist() == [dt.date(2021, 10, 1), dt.date(2021, 10, 2)]
+
+
+def test_an_object_lake_read_that_meets_a_replaced_month_reads_the_manifest_again(tmp_path):
+    """A writer replaced the month after the reader read the manifest and deleted the object the
+    reader was sent to: the read fetches the manifest's new object instead of failing, and gives
+    up with a clear error only when the month keeps moving."""
+    from upath import UPath
+
+    from regime_pipeline.core.data import object_lake
+
+    source = EmbeddedSource(EMBEDDED / "daily_klines.parquet", EMBEDDED / "minute_bars.parquet")
+    (day, minutes), = source.minute_days("BTCUSDT", dt.date(2021, 10, 1), dt.date(2021, 10, 2))
+    root = UPath(tmp_path / "bucket")
+    (root / "symbol=BTCUSDT" / "month=2021-10").mkdir(parents=True)
+    (root / "symbol=BTCUSDT" / "month=2021-10" / "new.parquet").write_bytes(object_lake._parquet_bytes(minutes, [day.isoformat()]))
+    manifests = [("BTCUSDT", "2021-10", "symbol=BTCUSDT/month=2021-10/gone.parquet", day.isoformat()),
+                 ("BTCUSDT", "2021-10", "symbol=BTCUSDT/month=2021-10/new.parquet", day.isoformat())]
+
+    class ScriptedLake(object_lake.ObjectMinuteLake):
+        """The lake's reads, its manifest answering first with the replaced object, then the new one."""
+
+        def __init__(self, answers):
+            self.root, self.name, self.answers = root, str(root), list(answers)
+
+        def _rows(self, symbols=None, months=None):
+            return [self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]]
+
+    read = ScriptedLake(manifests).read(day, day + dt.timedelta(days=1))
+    assert len(read) == 1440 and read["open_time"].min() == pd.Timestamp(day)
+    assert ScriptedLake(manifests).daily_aggregate(day, day + dt.timedelta(days=1))["n_minutes"].tolist() == [1440]
+    with pytest.raises(FileNotFoundError, match="replaced while being read, 5 times in a row"):
+        ScriptedLake(manifests[:1]).read(day, day + dt.timedelta(days=1))
+
+
 @pytest.mark.slow
 def test_two_minute_bars_runs_on_different_days_of_a_month_store_both(tmp_path, instance):
     # The 00:15 daily schedule and a user's backfill, as two processes writing October at once.

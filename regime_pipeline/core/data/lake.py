@@ -139,7 +139,10 @@ class MinuteLake:
             symbol = path.parent.parent.name.split("=", 1)[1]
             if symbols is not None and symbol not in symbols:
                 continue
-            days = (pq.read_schema(path).metadata or {}).get(DAYS_KEY, b"").decode()
+            try:
+                days = (pq.read_schema(path).metadata or {}).get(DAYS_KEY, b"").decode()
+            except FileNotFoundError:  # a writer emptied the month since the listing: nothing stored
+                continue
             records += [(symbol, dt.date.fromisoformat(d)) for d in days.split(",") if d]
         return pd.DataFrame(records, columns=["symbol", "date"])
 

@@ -47,6 +47,10 @@ _MANIFEST = (
 )
 
 
+# Manifest reads and fetches a read may take when writers keep replacing what it reads.
+READ_ATTEMPTS = 5
+
+
 class ObjectMinuteLake(MinuteLake):
     """The lake under `root` (an ``s3://bucket/prefix`` :class:`UPath`), its manifest in the
     Postgres database at `manifest_url`."""
@@ -148,15 +152,32 @@ class ObjectMinuteLake(MinuteLake):
             written.append(path)
         return written
 
+    def _fetch(self, symbols: Sequence[str] | None, months: tuple[str, str]) -> tuple[list[tuple], list[UPath], dict]:
+        """The manifest's rows for `symbols` and `months`, their objects and the objects' bytes.
+
+        A writer may replace a month between the manifest read and the fetch, and deletes the
+        object it replaced once its manifest row commits: the fetch is then told the object is
+        gone, and the manifest, read again, names the new one.
+        """
+        for attempt in range(READ_ATTEMPTS):
+            rows = self._rows(symbols, months)
+            if not rows:
+                return rows, [], {}
+            paths = [self._object(key) for _, _, key, _ in rows]
+            try:
+                return rows, paths, paths[0].fs.cat([p.path for p in paths])
+            except FileNotFoundError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise FileNotFoundError(f"{self.name}: the objects of months {months[0]}..{months[1]} were replaced "
+                                            f"while being read, {READ_ATTEMPTS} times in a row") from None
+        raise AssertionError("unreachable")
+
     @contextmanager
     def _scan(self, start: dt.date, end: dt.date, symbols: Sequence[str] | None) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
         last = end - dt.timedelta(days=1)
-        rows = self._rows(symbols, (_month(start), _month(last)))
+        rows, paths, contents = self._fetch(symbols, (_month(start), _month(last)))
         tables = []
         if rows:
-            paths = [self._object(key) for _, _, key, _ in rows]
-            fs = paths[0].fs
-            contents = fs.cat([p.path for p in paths])
             for (symbol, month, _, _), path in zip(rows, paths):
                 table = pq.read_table(io.BytesIO(contents[path.path]))
                 # As DuckDB reads the local files: timestamps in microseconds.
