@@ -47,7 +47,8 @@ class Stage:
     assets: tuple[str, ...]
     partitions: str  # "daily" (the run's date range), "split" (each split), "weekly", "origins" (every
     # walk-forward origin in one run), "origin" (one run per origin), "policy_origin" (one run per
-    # walk-forward policy origin), "policy_seeds" (every seed of every policy origin in one run), or "none"
+    # walk-forward policy origin), "seeds" (the fixed split's PPO seeds in one run), "policy_seeds" (every
+    # seed of every policy origin in one run), or "none"
 
 
 STAGES = (
@@ -68,6 +69,7 @@ STAGES = (
     Stage("walk_forward_models", ("walk_forward_models",), "origins"),
     Stage("walk_forward", ("walk_forward_probabilities",), "origins"),
     Stage("walk_forward_reports", ("walk_forward_reports",), "origin"),
+    Stage("policy_seeds", ("ppo_seed_policy",), "seeds"),
     Stage("policy", ("ppo_policy",), "none"),
     Stage("backtest", ("allocation_backtest",), "split"),
     Stage("walk_forward_seeds", ("walk_forward_seed_policy",), "policy_seeds"),
@@ -121,30 +123,34 @@ def _range_tags(first: dt.date, last: dt.date) -> dict[str, Any]:
     return {"tags": {ASSET_PARTITION_RANGE_START_TAG: first.isoformat(), ASSET_PARTITION_RANGE_END_TAG: last.isoformat()}}
 
 
-def _seed_runs(profile: str) -> list[StageRun]:
-    """The runs that train the walk-forward seeds of PPO `profile`: all in one run when it trains
-    every seed partition, else one run per origin over its seeds (a range of seed partitions)."""
+def _seed_runs(profile: str, origins: list[str] | None = None) -> list[StageRun]:
+    """The runs that train the PPO seeds of `profile`: of the fixed split (`origins` None) in one
+    run; of the walk-forward's `origins` all in one run when the profile trains every seed
+    partition, else one run per origin over its seeds (a range of seed partitions)."""
     from regime_pipeline.core.allocation import ppo
 
     seeds = [str(s) for s in ppo.settings(profile).seeds]
     start = POLICY_SEED_NAMES.index(seeds[0]) if seeds[0] in POLICY_SEED_NAMES else -1
     if start < 0 or POLICY_SEED_NAMES[start : start + len(seeds)] != seeds:
-        raise SystemExit(f"PPO profile {profile!r} trains seeds {seeds}: the walk-forward's seed partitions are "
+        raise SystemExit(f"PPO profile {profile!r} trains seeds {seeds}: the seed partitions are "
                          f"{POLICY_SEED_NAMES} (configs/ppo.yaml `default`), and a run takes a contiguous range of them")
-    origins = POLICY_ORIGIN_NAMES
+
+    def over(first: str, last: str) -> dict[str, Any]:
+        return {"tags": {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}}
+
+    if origins is None:
+        return [StageRun(f"seeds {seeds[0]} .. {seeds[-1]}", over(seeds[0], seeds[-1]), len(seeds))]
     if seeds == POLICY_SEED_NAMES:
-        tags = {ASSET_PARTITION_RANGE_START_TAG: f"{origins[0]}|{seeds[0]}", ASSET_PARTITION_RANGE_END_TAG: f"{origins[-1]}|{seeds[-1]}"}
-        return [StageRun(f"origins {origins[0]} .. {origins[-1]} x seeds {seeds[0]} .. {seeds[-1]}", {"tags": tags},
-                         len(origins) * len(seeds))]
-    return [StageRun(f"origin {o} x seeds {seeds[0]} .. {seeds[-1]}", {"tags": {
-        ASSET_PARTITION_RANGE_START_TAG: f"{o}|{seeds[0]}", ASSET_PARTITION_RANGE_END_TAG: f"{o}|{seeds[-1]}"}}, len(seeds))
-        for o in origins]
+        return [StageRun(f"origins {origins[0]} .. {origins[-1]} x seeds {seeds[0]} .. {seeds[-1]}",
+                         over(f"{origins[0]}|{seeds[0]}", f"{origins[-1]}|{seeds[-1]}"), len(origins) * len(seeds))]
+    return [StageRun(f"origin {o} x seeds {seeds[0]} .. {seeds[-1]}", over(f"{o}|{seeds[0]}", f"{o}|{seeds[-1]}"),
+                     len(seeds)) for o in origins]
 
 
 def stage_runs(stage: Stage, first: dt.date, last: dt.date, ppo_profile: str = "") -> list[StageRun]:
     """The runs that materialize `stage`: one over ``first..last``, one per split, every origin in
-    one, one per origin, one per policy origin, the walk-forward seeds of `ppo_profile` (empty:
-    configs/allocation.yaml's), or one."""
+    one, one per origin, one per policy origin, the PPO seeds of `ppo_profile` (empty: `default`
+    for the fixed split's, configs/allocation.yaml's for the walk-forward's), or one."""
     if stage.partitions == "daily":
         return [StageRun(f"{first} .. {last}", _range_tags(first, last), (last - first).days + 1)]
     if stage.partitions == "weekly":
@@ -162,7 +168,9 @@ def stage_runs(stage: Stage, first: dt.date, last: dt.date, ppo_profile: str = "
     if stage.partitions == "policy_seeds":
         from regime_pipeline.core.allocation.walk_forward import WalkForwardSettings
 
-        return _seed_runs(ppo_profile or WalkForwardSettings.from_config().ppo_profile)
+        return _seed_runs(ppo_profile or WalkForwardSettings.from_config().ppo_profile, POLICY_ORIGIN_NAMES)
+    if stage.partitions == "seeds":
+        return _seed_runs(ppo_profile or "default")
     return [StageRun("", {}, 1)]
 
 
@@ -283,7 +291,8 @@ def run_stage(stage: Stage, first: dt.date, last: dt.date, instance: dg.DagsterI
     ops = {name: config for name, config in (op_config or {}).items() if name in stage.assets}
     if ops:
         run_config["ops"] = ops
-    profile = (op_config or {}).get("walk_forward_seed_policy", {}).get("config", {}).get("profile", "")
+    seed_asset = next((name for name in stage.assets if name.endswith("seed_policy")), "")
+    profile = (op_config or {}).get(seed_asset, {}).get("config", {}).get("profile", "")
     runs = stage_runs(stage, first, last, profile)
     failed = None
     progress.begin(stage, runs)
@@ -443,7 +452,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     first = dt.date.fromisoformat(args.start)
     last = dt.date.fromisoformat(args.end)
     names = [s.name for s in STAGES]
-    op_config = {"ppo_policy": {"config": {"profile": args.ppo_profile}}}
+    op_config = {name: {"config": {"profile": args.ppo_profile}} for name in ("ppo_seed_policy", "ppo_policy")}
     if args.walk_forward_ppo_profile:
         for name in ("walk_forward_seed_policy", "walk_forward_policy"):
             op_config[name] = {"config": {"profile": args.walk_forward_ppo_profile}}

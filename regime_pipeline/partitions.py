@@ -36,14 +36,14 @@ ORIGIN = dg.StaticPartitionsDefinition(ORIGIN_NAMES)
 POLICY_ORIGIN_NAMES = [str(y) for y in WalkForwardSettings.from_config().policy_origins]
 POLICY_ORIGIN = dg.StaticPartitionsDefinition(POLICY_ORIGIN_NAMES)
 
-# One PPO seed of one policy origin: the seeds of configs/ppo.yaml `default` (a profile trains
-# these or a subset of them). A backfill trains each (origin, seed) as its own run where runs
-# are spread over machines (a pod each in the cluster), and retraining one seed replaces
-# only that seed. Keys read ``2024|3`` (origin, then seed).
+# One PPO seed: the seeds of configs/ppo.yaml `default` (a profile trains these or a subset of
+# them), of the fixed split's policy (PPO_SEED) and of each walk-forward policy origin
+# (POLICY_SEED, keys ``2024|3``: origin, then seed). A backfill trains each seed as its own run
+# where runs are spread over machines (a pod each in the cluster), and retraining one seed
+# replaces only that seed.
 POLICY_SEED_NAMES = [str(s) for s in load_yaml("ppo")["default"]["seeds"]]
-POLICY_SEED = dg.MultiPartitionsDefinition(
-    {"origin": POLICY_ORIGIN, "seed": dg.StaticPartitionsDefinition(POLICY_SEED_NAMES)}
-)
+PPO_SEED = dg.StaticPartitionsDefinition(POLICY_SEED_NAMES)
+POLICY_SEED = dg.MultiPartitionsDefinition({"origin": POLICY_ORIGIN, "seed": PPO_SEED})
 
 
 def summary_partition(partition_keys: list[str]) -> str | None:

@@ -107,16 +107,14 @@ def materialize_range(assets, first: str, last: str, resources: dict, instance: 
     )
 
 
-def materialize_walk_forward_policy(assets, origin: str, resources: dict, instance: dg.DagsterInstance,
-                                    profile: str = "fast"):
-    """`walk_forward_seed_policy` for the seeds of PPO `profile` of `origin` (one run, as the
-    command line trains them), then the ensemble `walk_forward_policy[origin]`: both results, and
-    the seeds' training jobs (what each was given to see)."""
+def _seeds_then_ensemble(assets, seed_asset: str, first: str, last: str, ensemble: str, partition_key: str | None,
+                         resources: dict, instance: dg.DagsterInstance, profile: str):
+    """`seed_asset` over the seed partitions ``first..last`` (one run, as the command line trains
+    them), then `ensemble` (its `partition_key`): both results, and the seeds' training jobs."""
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from regime_pipeline.core.allocation import ppo
 
-    seeds = ppo.settings(profile).seeds
     config = {"config": {"profile": profile}}
     jobs: list[ppo.TrainingJob] = []
     train_seeds = ppo.train_seeds
@@ -128,13 +126,35 @@ def materialize_walk_forward_policy(assets, origin: str, resources: dict, instan
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ppo, "train_seeds", recording)
         trained = dg.materialize(
-            assets, selection=["walk_forward_seed_policy"], resources=resources, instance=instance,
-            tags={ASSET_PARTITION_RANGE_START_TAG: f"{origin}|{seeds[0]}", ASSET_PARTITION_RANGE_END_TAG: f"{origin}|{seeds[-1]}"},
-            run_config={"ops": {"walk_forward_seed_policy": config}},
+            assets, selection=[seed_asset], resources=resources, instance=instance,
+            tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+            run_config={"ops": {seed_asset: config}},
         )
-    deployed = dg.materialize(assets, selection=["walk_forward_policy"], partition_key=origin, resources=resources,
-                              instance=instance, run_config={"ops": {"walk_forward_policy": config}})
+    deployed = dg.materialize(assets, selection=[ensemble], partition_key=partition_key, resources=resources,
+                              instance=instance, run_config={"ops": {ensemble: config}})
     return trained, deployed, jobs
+
+
+def materialize_walk_forward_policy(assets, origin: str, resources: dict, instance: dg.DagsterInstance,
+                                    profile: str = "fast"):
+    """`walk_forward_seed_policy` for the seeds of PPO `profile` of `origin`, then the ensemble
+    `walk_forward_policy[origin]`: both results, and the seeds' training jobs (what each was
+    given to see)."""
+    from regime_pipeline.core.allocation import ppo
+
+    seeds = ppo.settings(profile).seeds
+    return _seeds_then_ensemble(assets, "walk_forward_seed_policy", f"{origin}|{seeds[0]}", f"{origin}|{seeds[-1]}",
+                                "walk_forward_policy", origin, resources, instance, profile)
+
+
+def materialize_ppo_policy(assets, resources: dict, instance: dg.DagsterInstance, profile: str = "fast"):
+    """`ppo_seed_policy` for the seeds of PPO `profile`, then the fixed split's ensemble
+    `ppo_policy`: both results, and the seeds' training jobs."""
+    from regime_pipeline.core.allocation import ppo
+
+    seeds = ppo.settings(profile).seeds
+    return _seeds_then_ensemble(assets, "ppo_seed_policy", str(seeds[0]), str(seeds[-1]), "ppo_policy", None,
+                                resources, instance, profile)
 
 
 def check_results(result) -> dict[str, bool]:

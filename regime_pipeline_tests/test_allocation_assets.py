@@ -24,9 +24,13 @@ from regime_pipeline.definitions import all_assets
 from regime_pipeline.resources import build_resources
 from regime_pipeline.resources.artifacts import sha256_file
 from regime_pipeline.resources.warehouse import read_table
-from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities, write_table, write_universe_tables
-
-FAST = {"ops": {"ppo_policy": {"config": {"profile": "fast"}}}}
+from regime_pipeline_tests.conftest import (
+    embedded_daily_bars,
+    materialize_ppo_policy,
+    synthetic_probabilities,
+    write_table,
+    write_universe_tables,
+)
 
 
 def _forecasts() -> pd.DataFrame:
@@ -49,7 +53,7 @@ def materialized(tmp_path_factory):
     write_universe_tables(database)
     resources = build_resources(str(data_dir))
     with dg.instance_for_test() as instance:
-        policy = dg.materialize(all_assets, selection=["ppo_policy"], resources=resources, instance=instance, run_config=FAST)
+        _, policy, _ = materialize_ppo_policy(all_assets, resources, instance)
         backtest = dg.materialize(all_assets, selection=["allocation_backtest"], partition_key="test",
                                   resources=resources, instance=instance)
     return data_dir, policy, backtest
@@ -66,6 +70,10 @@ def test_ppo_policy_deploys_the_ensemble_of_every_seed_and_reports_each(material
         assert info["sb3_model"]["sha256"] == sha256_file(data_dir / "models" / "ppo_policy" / f"seed_{seed}.zip")
         assert info["history"] and info["train_curve"]
         assert info["kept_step"] in [h[0] for h in info["history"] if h[3]]  # an eligible evaluation
+    # Each seed is a partition of ppo_seed_policy; the ensemble's members are their kept actors.
+    records = [json.loads((data_dir / "models" / "ppo_seed_policy" / f"{seed}.json").read_text()) for seed in (0, 1)]
+    assert [r["policy"] for r in records] == artifact["policy"]["members"]
+    assert all(r["profile"] == "fast" and r["val"] == ["2023-01-01", "2023-12-31"] for r in records)
     metadata = result.asset_materializations_for_node("ppo_policy")[0].metadata
     assert "data:image/png;base64" in metadata["learning_curves"].value
     assert "±" in metadata["val_score_seeds"].value and "ensemble of 2 seeds" in metadata["deployed"].value

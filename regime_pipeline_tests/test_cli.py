@@ -93,10 +93,11 @@ def test_progress_off_a_terminal_prints_the_line_once():
     assert len(lines) == 2 and lines[1].startswith("    0/2 partitions, ") and "\r" not in out.getvalue()
 
 
-def test_the_walk_forward_seeds_run_as_ranges_of_seed_partitions(monkeypatch):
+def test_ppo_seeds_run_as_ranges_of_seed_partitions(monkeypatch):
     """Every (origin, seed) of a profile that trains all seed partitions in one run (its seeds
-    share the worker processes); a profile with fewer seeds one run per origin; seeds that are
-    not a range of the partitions are refused before anything runs."""
+    share the worker processes); a profile with fewer seeds one run per origin; the fixed
+    split's seeds in one run; seeds that are not a range of the partitions are refused before
+    anything runs."""
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as END, ASSET_PARTITION_RANGE_START_TAG as START
 
     from regime_pipeline.core.allocation import ppo
@@ -111,6 +112,10 @@ def test_the_walk_forward_seeds_run_as_ranges_of_seed_partitions(monkeypatch):
     fast = cli.stage_runs(stage, None, None, "fast")
     assert [r.kwargs["tags"][START] for r in fast] == [f"{o}|0" for o in POLICY_ORIGIN.get_partition_keys()]
     assert {r.kwargs["tags"][END].split("|")[1] for r in fast} == {"1"} and {r.partitions for r in fast} == {2}
+    # The fixed split's seeds: one run over the profile's seed partitions.
+    fixed = next(s for s in cli.STAGES if s.assets == ("ppo_seed_policy",))
+    (default,) = cli.stage_runs(fixed, None, None, "")
+    assert (default.kwargs["tags"][START], default.kwargs["tags"][END], default.partitions) == ("0", "9", 10)
     odd = dataclasses.replace(ppo.settings("fast"), seeds=(0, 2))
     monkeypatch.setattr(ppo, "settings", lambda profile="default": odd)
     with pytest.raises(SystemExit, match=r"trains seeds \['0', '2'\].*contiguous range"):

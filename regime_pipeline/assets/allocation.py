@@ -4,6 +4,7 @@ accounting and costs, every difference to equal weight and BTC with a bootstrap 
 
 import datetime as dt
 import json
+from collections.abc import Callable
 
 import dagster as dg
 import pandas as pd
@@ -14,9 +15,9 @@ from regime_pipeline.core.allocation import policy as allocation
 from regime_pipeline.core.allocation.policy import AllocationData
 from regime_pipeline.core.allocation.strategies import backtest_benchmarks
 from regime_pipeline.core.plots import figure_to_markdown, plot_equity_curves, plot_learning_curves
-from regime_pipeline.partitions import SPLIT
+from regime_pipeline.partitions import PPO_SEED, SPLIT
 from regime_pipeline.resources.artifacts import write_atomic
-from regime_pipeline.resources.deployment import step_tags
+from regime_pipeline.resources.deployment import step_tags, training_backfill_policy
 from regime_pipeline.resources.storage import ProjectStorage
 
 GROUP = "allocation"
@@ -47,25 +48,57 @@ MARKET_INS = {"daily_bars": dg.AssetIn(partition_mapping=ALL), "regime_probabili
               "daily_closes": dg.AssetIn(), "universe": dg.AssetIn(partition_mapping=ALL)}
 
 
-def train_ensemble(
-    context: dg.AssetExecutionContext, storage: ProjectStorage, data: AllocationData,
-    train: tuple[dt.date, dt.date], val: tuple[dt.date, dt.date], profile: str, folder: str,
-) -> tuple[dict, dict]:
-    """Train every seed of `profile` (in parallel) on `train`, each early-stopped on `val`, and
-    deploy them as one ensemble; save each seed's SB3 model under ``models/<folder>/``.
+def train_seed_records(
+    context: dg.AssetExecutionContext, storage: ProjectStorage, jobs: list[ppo.TrainingJob], folders: list[str],
+    profile: str,
+) -> tuple[list[dict], pd.DataFrame, float]:
+    """Train `jobs` (seeds of PPO `profile`) on the profile's worker processes; save each SB3
+    model under ``models/<folder>/`` (`folders`, one per job).
 
-    :returns: :func:`describe_ensemble`'s artifact and metadata.
+    :returns: each seed's record (:func:`save_seed`'s, with its profile, settings, windows and
+        its share of the wall time), a table of them, and the wall seconds of the training
     """
-    config = ppo.settings(profile)
-    context.log.info(f"{folder}: {len(config.seeds)} seeds on {config.workers} worker(s), train {train[0]}..{train[1]}, "
-                     f"select on {val[0]}..{val[1]} ({config.val_score}), up to {config.total_timesteps:,} steps each, "
-                     f"no checkpoint before {config.min_steps:,}")
-    jobs = ppo.training_jobs(data, train, val, config)
+    settings = ppo.settings(profile)
+    context.log.info(f"{len(jobs)} seeds ({profile} profile) on {settings.workers} worker(s), up to "
+                     f"{settings.total_timesteps:,} steps each, no checkpoint before {settings.min_steps:,}, "
+                     f"selected on {settings.val_score}")
     began = dt.datetime.now()
-    runs = ppo.train_seeds(jobs, config.workers, log=context.log)
+    runs = ppo.train_seeds(jobs, settings.workers, log=context.log)
     wall = (dt.datetime.now() - began).total_seconds()
-    records = [save_seed(storage, folder, run) for run in runs]
-    return describe_ensemble(storage, data, records, train, val, profile, folder, wall)
+    total = max(sum(r.seconds for r in runs), 1e-9)
+    records, rows = [], []
+    for job, run, folder in zip(jobs, runs, folders):
+        # The run's wall time is shared among its seeds in proportion to their training time.
+        records.append({**save_seed(storage, folder, run), "profile": profile, "settings": settings.as_dict(),
+                        "train": list(job.train), "val": list(job.val), "wall_seconds": round(wall * run.seconds / total, 1)})
+        rows.append({"seed": job.label or f"seed {run.seed}", "kept_step": run.best.step, "steps_run": run.steps_run,
+                     "val_score": run.best.score, "seconds": round(run.seconds, 1)})
+    return records, pd.DataFrame(rows), wall
+
+
+def profile_seeds(
+    records: list[dict], profile: str, train: tuple[dt.date, dt.date], val: tuple[dt.date, dt.date], what: str,
+    seed_asset: str, key: Callable[[int], str],
+) -> list[dict]:
+    """The records of PPO `profile`'s seeds among `records`, in the profile's order, for the
+    ensemble `what`; refused, naming the partitions of `seed_asset` (`key` of a seed) to
+    materialize, when one is missing, was trained with another profile or other settings, or
+    on other windows than `train` and `val`."""
+    wanted = ppo.settings(profile).seeds
+    seeds = {int(r["seed"]): r for r in records}
+    trained_with = json.loads(json.dumps(ppo.settings(profile).as_dict()))
+    windows = [[d.isoformat() for d in train], [d.isoformat() for d in val]]
+    missing = [s for s in wanted if s not in seeds]
+    other = [s for s in wanted if s in seeds and (seeds[s]["profile"] != profile or seeds[s]["settings"] != trained_with)]
+    moved = [s for s in wanted if s in seeds and s not in other and [seeds[s]["train"], seeds[s]["val"]] != windows]
+    if missing or other or moved:
+        keys = ", ".join(key(s) for s in missing + other + moved)
+        raise ValueError(f"{what} deploys the {len(wanted)} seeds of profile {profile!r}: "
+                         + (f"seeds {missing} are not trained; " if missing else "")
+                         + (f"seeds {other} were trained with another profile or other settings; " if other else "")
+                         + (f"seeds {moved} were trained on other windows than {windows}; " if moved else "")
+                         + f"materialize {seed_asset} [{keys}] with {{'profile': '{profile}'}} first")
+    return [seeds[s] for s in wanted]
 
 
 def save_seed(storage: ProjectStorage, folder: str, run: ppo.TrainedPolicy) -> dict:
@@ -142,23 +175,58 @@ def describe_ensemble(
 
 @dg.asset(
     group_name=GROUP,
+    partitions_def=PPO_SEED,
+    backfill_policy=training_backfill_policy(),
     io_manager_key="model_io_manager",
     ins=MARKET_INS,
+    metadata={"artifacts": "by_partition"},
     kinds={"pytorch"},
-    op_tags=step_tags("ppo_policy"),
+    op_tags=step_tags("ppo_seed_policy"),
+)
+def ppo_seed_policy(
+    context: dg.AssetExecutionContext, config: PolicyConfig, storage: ProjectStorage,
+    daily_bars: pd.DataFrame, regime_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
+) -> dg.Output[dict]:
+    """One seed of the weekly allocation policy: SB3 PPO on the detectors' regime probabilities
+    plus the portfolio's state, trained on `train` episodes from random starts, early-stopped on
+    a smoothed `val` curve after a minimum number of updates. Several seeds in one run train on
+    the profile's worker processes; the SB3 model is saved beside the JSON record."""
+    train, val = splits()["train"], splits()["val"]
+    data = _inputs(daily_bars, regime_probabilities, daily_closes, universe)
+    settings = ppo.settings(config.profile)
+    seeds = sorted(int(k) for k in context.partition_keys)
+    unknown = [s for s in seeds if s not in settings.seeds]
+    if unknown:
+        raise ValueError(f"ppo_seed_policy: seeds {unknown} are not among profile {config.profile!r}'s seeds "
+                         f"{list(settings.seeds)} (configs/ppo.yaml)")
+    jobs = ppo.seed_jobs(data, (train.start, train.end), (val.start, val.end), settings, seeds)
+    records, table, wall = train_seed_records(context, storage, jobs, ["ppo_policy"] * len(jobs), config.profile)
+    return dg.Output({str(r["seed"]): r for r in records}, metadata={
+        "profile": config.profile, "seeds": md_table(table), "wall_seconds": round(wall, 1),
+        "training_seconds": round(float(table["seconds"].sum()), 1),
+    })
+
+
+@dg.asset(
+    group_name=GROUP,
+    io_manager_key="model_io_manager",
+    ins={**MARKET_INS, "ppo_seed_policy": dg.AssetIn(partition_mapping=ALL, metadata={"artifacts": "by_partition"})},
+    kinds={"pytorch"},
 )
 def ppo_policy(
     context: dg.AssetExecutionContext, config: PolicyConfig, storage: ProjectStorage,
     daily_bars: pd.DataFrame, regime_probabilities: pd.DataFrame, daily_closes: pd.DataFrame, universe: pd.DataFrame,
+    ppo_seed_policy: dict,
 ) -> dg.Output[dict]:
-    """The weekly allocation policy: SB3 PPO on the detectors' regime probabilities plus the
-    portfolio's state, one policy per seed trained on `train` episodes from random starts,
-    each early-stopped on a smoothed `val` curve after a minimum number of updates; deployed as
-    the ensemble of all seeds (the mean of their target weights), decided before any score."""
+    """The weekly allocation policy: the ensemble of every seed of the profile
+    (`ppo_seed_policy`), the mean of their target weights, decided before any score is seen;
+    the seeds' learning curves and val scores beside the ensemble's."""
     train, val = splits()["train"], splits()["val"]
+    windows = (train.start, train.end), (val.start, val.end)
     data = _inputs(daily_bars, regime_probabilities, daily_closes, universe)
-    artifact, metadata = train_ensemble(context, storage, data, (train.start, train.end), (val.start, val.end),
-                                        config.profile, "ppo_policy")
+    records = profile_seeds(list(ppo_seed_policy.values()), config.profile, *windows, "ppo_policy", "ppo_seed_policy", str)
+    wall = sum(float(r["wall_seconds"]) for r in records)
+    artifact, metadata = describe_ensemble(storage, data, records, *windows, config.profile, "ppo_policy", wall)
     return dg.Output(artifact, metadata=metadata)
 
 

@@ -11,7 +11,6 @@ origin Y depends on the probability origins before Y, its backtest on those up t
 """
 
 import datetime as dt
-import json
 
 import dagster as dg
 import pandas as pd
@@ -22,7 +21,8 @@ from regime_pipeline.assets.allocation import (
     describe_comparison,
     describe_ensemble,
     md_table,
-    save_seed,
+    profile_seeds,
+    train_seed_records,
 )
 from regime_pipeline.core.allocation import comparison, ppo, rules, walk_forward
 from regime_pipeline.core.allocation import policy as allocation
@@ -118,27 +118,11 @@ def walk_forward_seed_policy(
         data, first = _data(daily_bars, walk_forward_probabilities, daily_closes, universe, before=origin)
         windows[origin] = walk_forward.origin_windows(origin, first)
         jobs += ppo.seed_jobs(data, windows[origin].train, windows[origin].select, settings, seeds, f"origin {origin}")
-    context.log.info(f"walk_forward_seed_policy: {len(jobs)} seeds of origins {', '.join(map(str, by_origin))} "
-                     f"({profile} profile) on {settings.workers} worker(s), up to {settings.total_timesteps:,} steps each")
-    began = dt.datetime.now()
-    runs = ppo.train_seeds(jobs, settings.workers, log=context.log)
-    wall = (dt.datetime.now() - began).total_seconds()
-    records, rows = {}, []
-    for key, job, run in zip(keys, jobs, runs):
-        origin = int(key.keys_by_dimension["origin"])
-        record = save_seed(storage, seed_folder(origin), run)
-        # The run's wall time is shared among its seeds in proportion to their training time.
-        share = run.seconds / max(sum(r.seconds for r in runs), 1e-9)
-        records[key] = {**record, "origin": origin, "profile": profile, "settings": settings.as_dict(),
-                        "train": list(job.train), "val": list(job.val), "wall_seconds": round(wall * share, 1)}
-        rows.append({"origin": origin, "seed": run.seed, "kept_step": run.best.step, "steps_run": run.steps_run,
-                     "val_score": run.best.score, "seconds": round(run.seconds, 1)})
-    return dg.Output(records, metadata={
-        "profile": profile,
-        "seeds": md_table(pd.DataFrame(rows)),
-        "wall_seconds": round(wall, 1),
-        "training_seconds": round(sum(r.seconds for r in runs), 1),
-    })
+    folders = [seed_folder(int(key.keys_by_dimension["origin"])) for key in keys]
+    records, table, wall = train_seed_records(context, storage, jobs, folders, profile)
+    return dg.Output({key: {**r, "origin": int(key.keys_by_dimension["origin"])} for key, r in zip(keys, records)},
+                     metadata={"profile": profile, "seeds": md_table(table), "wall_seconds": round(wall, 1),
+                               "training_seconds": round(float(table["seconds"].sum()), 1)})
 
 
 @dg.asset(
@@ -162,24 +146,11 @@ def walk_forward_policy(
     target weights, decided before any score; it never reads a day of Y."""
     origin = int(context.partition_key)
     profile = _profile(config)
-    wanted = ppo.settings(profile).seeds
-    seeds = {int(r["seed"]): r for r in walk_forward_seed_policy.values() if int(r["origin"]) == origin}
-    missing = [s for s in wanted if s not in seeds]
-    trained_with = json.loads(json.dumps(ppo.settings(profile).as_dict()))
-    other = [s for s in wanted if s in seeds and (seeds[s]["profile"] != profile or seeds[s]["settings"] != trained_with)]
-    if missing or other:
-        keys = ", ".join(f"{origin}|{s}" for s in missing + other)
-        raise ValueError(f"walk_forward_policy[{origin}] deploys the {len(wanted)} seeds of profile {profile!r}: "
-                         + (f"seeds {missing} are not trained; " if missing else "")
-                         + (f"seeds {other} were trained with another profile or other settings; " if other else "")
-                         + f"materialize walk_forward_seed_policy [{keys}] with {{'profile': '{profile}'}} first")
-    records = [seeds[s] for s in wanted]
     data, first = _data(daily_bars, walk_forward_probabilities, daily_closes, universe, before=origin)
     windows = walk_forward.origin_windows(origin, first)
-    for r in records:
-        if r["train"] != [d.isoformat() for d in windows.train] or r["val"] != [d.isoformat() for d in windows.select]:
-            raise ValueError(f"walk_forward_seed_policy[{origin}|{r['seed']}] was trained on {r['train']} / {r['val']}, "
-                             f"origin {origin}'s windows are now {windows.as_dict()}: materialize it again")
+    records = profile_seeds([r for r in walk_forward_seed_policy.values() if int(r["origin"]) == origin], profile,
+                            windows.train, windows.select, f"walk_forward_policy[{origin}]", "walk_forward_seed_policy",
+                            lambda seed: f"{origin}|{seed}")
     wall = sum(float(r["wall_seconds"]) for r in records)
     artifact, metadata = describe_ensemble(storage, data, records, windows.train, windows.select, profile,
                                            seed_folder(origin), wall)
