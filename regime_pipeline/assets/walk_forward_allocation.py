@@ -113,11 +113,11 @@ def walk_forward_seed_policy(
             raise ValueError(f"walk_forward_seed_policy[{key}]: seed {seed} is not one of profile {profile!r}'s seeds "
                              f"{list(settings.seeds)} (configs/ppo.yaml)")
         by_origin.setdefault(origin, []).append(seed)
-    jobs, windows = [], {}
+    jobs = []
     for origin, seeds in by_origin.items():
         data, first = _data(daily_bars, walk_forward_probabilities, daily_closes, universe, before=origin)
-        windows[origin] = walk_forward.origin_windows(origin, first)
-        jobs += ppo.seed_jobs(data, windows[origin].train, windows[origin].select, settings, seeds, f"origin {origin}")
+        windows = walk_forward.origin_windows(origin, first)
+        jobs += ppo.seed_jobs(data, windows.train, windows.select, settings, seeds, f"origin {origin}")
     folders = [seed_folder(int(key.keys_by_dimension["origin"])) for key in keys]
     records, table, wall = train_seed_records(context, storage, jobs, folders, profile)
     return dg.Output({key: {**r, "origin": int(key.keys_by_dimension["origin"])} for key, r in zip(keys, records)},
