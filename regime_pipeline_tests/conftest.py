@@ -233,6 +233,23 @@ def synthetic_probabilities(
     return keys.assign(**columns).merge(market, on="date")
 
 
+def shocked_after(data, t: int, rng: np.random.Generator):
+    """`data` (an ``AllocationData``) with every row after `t` replaced: opens and closes
+    scaled by random factors in [0.5, 2] (closes by the reversed ones), probabilities redrawn.
+    Rows up to `t` are the same arrays' values, untouched."""
+    import dataclasses
+
+    from regime_pipeline.core.allocation.policy import AllocationData
+
+    shock = rng.uniform(0.5, 2.0, size=data.prices.close[t + 1 :].shape)
+    prices = dataclasses.replace(data.prices, open=data.prices.open.copy(), close=data.prices.close.copy())
+    prices.open[t + 1 :] *= shock
+    prices.close[t + 1 :] *= shock[::-1]
+    probs = data.probs.copy()
+    probs[t + 1 :] = rng.random(probs[t + 1 :].shape)
+    return AllocationData(prices, probs, data.prob_columns)
+
+
 def write_table(database: str, table: str, frame: pd.DataFrame) -> None:
     """Store `frame` as a warehouse table, as the IO manager would have."""
     from regime_pipeline.resources.warehouse import connect

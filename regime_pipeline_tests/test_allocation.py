@@ -20,7 +20,7 @@ from regime_pipeline.core.allocation import performance
 from regime_pipeline.core.allocation import ppo
 from regime_pipeline.core.allocation.policy import AllocationPolicy
 from regime_pipeline.core.allocation.strategies import equal_weight, run_strategy
-from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities
+from regime_pipeline_tests.conftest import embedded_daily_bars, shocked_after, synthetic_probabilities
 
 D = dt.date
 TRAIN = (D(2019, 1, 1), D(2020, 12, 31))
@@ -171,13 +171,7 @@ def test_policy_decisions_do_not_see_the_future() -> None:
         obs_mean=np.zeros(dim), obs_var=np.ones(dim), clip_obs=10.0, epsilon=1e-8,
     )
     t = data.index(cut)
-    shock = rng.uniform(0.5, 2.0, size=data.prices.close[t + 1 :].shape)
-    prices = dataclasses.replace(data.prices, open=data.prices.open.copy(), close=data.prices.close.copy())
-    prices.open[t + 1 :] *= shock
-    prices.close[t + 1 :] *= shock[::-1]
-    probs = data.probs.copy()
-    probs[t + 1 :] = rng.random(probs[t + 1 :].shape)
-    altered = allocation.AllocationData(prices, probs, data.prob_columns)
+    altered = shocked_after(data, t, rng)
     a = allocation.backtest_policy(policy, data, start, end)
     b = allocation.backtest_policy(policy, altered, start, end)
     decided = a.rebalance_days - 1  # decision rows (row 0 = the day before start)
@@ -235,7 +229,8 @@ def test_the_ensemble_trades_the_mean_of_its_seeds_target_weights() -> None:
 
 
 def test_a_training_job_sees_no_day_of_its_selection_window_or_after() -> None:
-    jobs = ppo.training_jobs(_data(), TRAIN, VAL, ppo.settings("fast"))
+    fast = ppo.settings("fast")
+    jobs = ppo.seed_jobs(_data(), TRAIN, VAL, fast, fast.seeds)
     assert [j.seed for j in jobs] == list(ppo.settings("fast").seeds)
     for job in jobs:
         assert job.train_data.prices.dates[-1] == TRAIN[1] < VAL[0]
@@ -245,12 +240,12 @@ def test_a_training_job_sees_no_day_of_its_selection_window_or_after() -> None:
         assert env.ends[-1] == env._marks.close_value.shape[0] - 1  # the env ends on the last training day
         assert env.no_trade_band == job.config.no_trade_band
     with pytest.raises(ValueError, match="must follow"):
-        ppo.training_jobs(_data(), TRAIN, (D(2020, 6, 1), D(2021, 6, 30)), ppo.settings("fast"))
+        ppo.seed_jobs(_data(), TRAIN, (D(2020, 6, 1), D(2021, 6, 30)), fast, fast.seeds)
 
 
 def test_seeds_trained_in_worker_processes_equal_seeds_trained_here() -> None:
     short = dataclasses.replace(ppo.settings("fast"), total_timesteps=ppo.settings("fast").eval_every)
-    jobs = ppo.training_jobs(_data(), TRAIN, VAL, short)
+    jobs = ppo.seed_jobs(_data(), TRAIN, VAL, short, short.seeds)
     here = ppo.train_seeds(jobs, workers=1)
     pooled = ppo.train_seeds(jobs, workers=2)
     for x, y in zip(here, pooled):
@@ -273,13 +268,7 @@ def test_an_ensembles_weekly_decision_is_unchanged_when_everything_after_its_sun
     sunday = week - dt.timedelta(days=1)
     t = data.index(sunday)
     rng = np.random.default_rng(8)
-    shock = rng.uniform(0.5, 2.0, size=data.prices.close[t + 1 :].shape)
-    prices = dataclasses.replace(data.prices, open=data.prices.open.copy(), close=data.prices.close.copy())
-    prices.open[t + 1 :] *= shock
-    prices.close[t + 1 :] *= shock[::-1]
-    probs = data.probs.copy()
-    probs[t + 1 :] = rng.random(probs[t + 1 :].shape)
-    altered = allocation.AllocationData(prices, probs, data.prob_columns)
+    altered = shocked_after(data, t, rng)
     a = allocation.decide_week(ensemble, data, first, week, limits)
     b = allocation.decide_week(ensemble, altered, first, week, limits)
     assert a.data_through == b.data_through == sunday

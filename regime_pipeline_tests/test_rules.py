@@ -14,7 +14,7 @@ import pytest
 from regime_pipeline.core.allocation import policy as allocation
 from regime_pipeline.core.allocation import rules
 from regime_pipeline.core.allocation.strategies import decision_days, run_strategy, settings, trailing_volatility
-from regime_pipeline_tests.conftest import embedded_daily_bars, synthetic_probabilities
+from regime_pipeline_tests.conftest import embedded_daily_bars, shocked_after, synthetic_probabilities
 
 D = dt.date
 TRAIN = (D(2019, 1, 1), D(2021, 12, 31))
@@ -126,13 +126,7 @@ def test_rules_do_not_see_the_future(name: str) -> None:
     cal = rules.calibrate(data, *TRAIN, CONFIG)
     t = data.index(cut)
     rng = np.random.default_rng(2)
-    shock = rng.uniform(0.5, 2.0, size=data.prices.close[t + 1 :].shape)
-    prices = dataclasses.replace(data.prices, open=data.prices.open.copy(), close=data.prices.close.copy())
-    prices.open[t + 1 :] *= shock
-    prices.close[t + 1 :] *= shock[::-1]
-    probs = data.probs.copy()
-    probs[t + 1 :] = rng.random(probs[t + 1 :].shape)
-    altered = allocation.AllocationData(prices, probs, data.prob_columns)
+    altered = shocked_after(data, t, rng)
     a = run_strategy(rules.rule_strategies(data, cal, CONFIG)[name], data.prices, start, end)
     b = run_strategy(rules.rule_strategies(altered, cal, CONFIG)[name], altered.prices, start, end)
     known = a.dates[a.rebalance_days - 1] <= cut

@@ -359,19 +359,13 @@ class TrainingJob:
         return validation_score(policy, self.val_data, *self.val, self.config.val_score)
 
 
-def training_jobs(
-    data: AllocationData, train: tuple[dt.date, dt.date], val: tuple[dt.date, dt.date], config: PPOSettings,
-) -> list[TrainingJob]:
-    """One job per seed of `config`: training episodes in `train`, selection on `val` (which
-    must come after `train`), each job cut to the days it may see."""
-    return seed_jobs(data, train, val, config, config.seeds)
-
-
 def seed_jobs(
     data: AllocationData, train: tuple[dt.date, dt.date], val: tuple[dt.date, dt.date], config: PPOSettings,
     seeds: Sequence[int], label: str = "",
 ) -> list[TrainingJob]:
-    """:func:`training_jobs` for the given `seeds`, labelled ``<label> seed <s>`` in the log."""
+    """One job per seed in `seeds`: training episodes in `train`, selection on `val` (which must
+    come after `train`), each job cut to the days it may see and labelled ``<label> seed <s>``
+    in the log."""
     if not train[0] <= train[1] < val[0] <= val[1]:
         raise ValueError(f"the selection window {val[0]}..{val[1]} must follow the training window {train[0]}..{train[1]}")
     train_data, val_data = data.through(train[1]), data.through(val[1])

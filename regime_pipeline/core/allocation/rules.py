@@ -184,7 +184,7 @@ class DailyRule:
     def __init__(self, data: AllocationData, rows, name: str) -> None:
         self._close = data.prices.close
         # Who a decision may weigh: the universe's members (every listed asset without one) that
-        # can be traded at the next open, as Prices.eligible says.
+        # can be traded at the next open, as Prices.eligible_days says.
         self._listed = data.prices.eligible_days()
         self._rows = rows  # (day indices (K,), listed (K, N)) -> (K, N + 1) weights
         self.name = name

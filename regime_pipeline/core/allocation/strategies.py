@@ -170,13 +170,9 @@ class Prices:
     close: np.ndarray
     members: np.ndarray | None = None
 
-    def eligible(self, day: int) -> np.ndarray:
-        """(N,) the assets a decision at the close of row `day` may weigh: members that day
-        (every asset with a full bar, without a universe) that can be traded at the next open."""
-        return self._eligible[day].copy()
-
     def eligible_days(self) -> np.ndarray:
-        """(T, N) :meth:`eligible` of every row at once."""
+        """(T, N) per row, the assets a decision at its close may weigh: members that day (every
+        asset with a full bar, without a universe) that can be traded at the next open."""
         return self._eligible.copy()
 
     @cached_property
