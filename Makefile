@@ -23,35 +23,32 @@ $(INSTANCE): dagster.yaml
 
 setup: $(VENV)/.installed $(INSTANCE)
 
+# $(call install_if_missing,TARGET,TEST,PACKAGE,WHAT,HINT): nothing when the shell TEST succeeds;
+# else Debian's PACKAGE is installed when we are root on Debian (WHAT needs it), else HINT is said.
+define install_if_missing
+	@if $(2); then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "$(1): installing Debian's $(3) for $(4) (apt-get install $(3))"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(3) >/dev/null) \
+			|| echo "$(1): apt-get could not install $(3); $(4) will be skipped (and fail under CI)"; \
+	else \
+		echo "$(1): $(5)"; \
+		echo "$(1): $(4) will be skipped."; \
+	fi
+endef
+
 # The UI test (regime_pipeline_tests/test_ui_browser.py) drives a Chromium binary: Debian's
 # package, installed here when missing and we are root on Debian; REGIME_CHROMIUM names another.
 CHROMIUM := $(or $(REGIME_CHROMIUM),/usr/bin/chromium)
 browser:
-	@if [ -x "$(CHROMIUM)" ]; then \
-		:; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "browser: installing Debian's chromium for the UI test (apt-get install chromium)"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-			|| echo "browser: apt-get could not install chromium; the UI test will be skipped (and fail under CI)"; \
-	else \
-		echo "browser: no Chromium at $(CHROMIUM) and no way to install it here (needs root and apt-get);"; \
-		echo "browser: the UI test will be skipped. Install Chromium or Chrome and set REGIME_CHROMIUM to it."; \
-	fi
+	$(call install_if_missing,browser,[ -x "$(CHROMIUM)" ],chromium,the UI test,no Chromium at $(CHROMIUM) and no way to install it here (needs root and apt-get); install Chromium or Chrome and set REGIME_CHROMIUM to it)
 
 # The cluster tests (regime_pipeline_tests/test_cluster.py) start a throw-away PostgreSQL from
 # Debian's server binaries (/usr/lib/postgresql/<version>/bin), installed here when missing and
 # we are root on Debian. The package's own service is not used.
 postgres:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-		:; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "postgres: installing Debian's postgresql for the cluster tests (apt-get install postgresql)"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
-			|| echo "postgres: apt-get could not install postgresql; the cluster tests will be skipped (and fail under CI)"; \
-	else \
-		echo "postgres: no PostgreSQL server binaries and no way to install them here (needs root and apt-get);"; \
-		echo "postgres: the cluster tests will be skipped. Install Debian's postgresql package."; \
-	fi
+	$(call install_if_missing,postgres,ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1,postgresql,the cluster tests,no PostgreSQL server binaries and no way to install them here (needs root and apt-get); install Debian's postgresql package)
 
 run: setup
 	$(BIN)/regime-pipeline run
