@@ -440,12 +440,11 @@ class AllocationEnv(gymnasium.Env):
         """:meth:`target_weights` of each row of `actions` (B, S + 1) at once: (B, N + 1)."""
         k = self._k
         keep = self._keep[k]
-        if self._keep_all[k] and not self._slotted:
-            a = np.clip(np.asarray(actions, dtype="float64"), -1.0, 1.0)
-            a *= self.action_scale
-            return project_simplex_rows(a)
-        a = np.clip(np.asarray(actions, dtype="float64")[:, keep], -1.0, 1.0)
+        actions = np.asarray(actions, dtype="float64")
+        a = np.clip(actions if self._keep_all[k] else actions[:, keep], -1.0, 1.0)
         a *= self.action_scale
+        if self._keep_all[k] and not self._slotted:  # every slot tradable, slot i is asset i
+            return project_simplex_rows(a)
         per_slot = np.zeros((a.shape[0], keep.size))
         per_slot[:, keep] = project_simplex_rows(a)
         if not self._slotted:
