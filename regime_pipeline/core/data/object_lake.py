@@ -159,7 +159,7 @@ class ObjectMinuteLake(MinuteLake):
         object it replaced once its manifest row commits: the fetch is then told the object is
         gone, and the manifest, read again, names the new one.
         """
-        for attempt in range(READ_ATTEMPTS):
+        for _ in range(READ_ATTEMPTS):
             rows = self._rows(symbols, months)
             if not rows:
                 return rows, [], {}
@@ -167,10 +167,9 @@ class ObjectMinuteLake(MinuteLake):
             try:
                 return rows, paths, paths[0].fs.cat([p.path for p in paths])
             except FileNotFoundError:
-                if attempt == READ_ATTEMPTS - 1:
-                    raise FileNotFoundError(f"{self.name}: the objects of months {months[0]}..{months[1]} were replaced "
-                                            f"while being read, {READ_ATTEMPTS} times in a row") from None
-        raise AssertionError("unreachable")
+                continue
+        raise FileNotFoundError(f"{self.name}: the objects of months {months[0]}..{months[1]} were replaced while "
+                                f"being read, {READ_ATTEMPTS} times in a row")
 
     @contextmanager
     def _scan(self, start: dt.date, end: dt.date, symbols: Sequence[str] | None) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
