@@ -191,7 +191,8 @@ class Progress:
     materialized (of those its runs planned) and the elapsed time. On a terminal the line is
     redrawn in place every second and ends with the stage's latest log message; otherwise it is
     printed once, when the stage ends. Warnings and errors of the runs are printed in full, as
-    they come. `on_event` is registered as an event listener of each run.
+    they come, each text once per stage (a stage of one run per origin would otherwise repeat
+    the same caveat for every origin). `on_event` is registered as an event listener of each run.
     """
 
     out: TextIO = field(default_factory=lambda: sys.stdout)
@@ -204,11 +205,13 @@ class Progress:
     _stop: threading.Event = field(default_factory=threading.Event)
     _ticker: threading.Thread | None = None
     _drawn: bool = False
+    _said: set[str] = field(default_factory=set)
 
     def begin(self, stage: Stage, runs: list[StageRun]) -> None:
         labels = ", ".join(r.label for r in runs if r.label)
         self.planned, self.done, self.note = len(stage.assets) * sum(r.partitions for r in runs), 0, ""
         self.began = time.monotonic()
+        self._said.clear()
         self._print(f"==> {stage.name}: {', '.join(stage.assets)} {labels}".rstrip())
         if self.live:
             self._stop.clear()
@@ -223,7 +226,10 @@ class Progress:
             elif event is None and entry.user_message:
                 self.note = entry.user_message.splitlines()[0]
             if _level(entry) >= logging.WARNING:
-                self._print(self._describe(entry))
+                text = self._describe(entry)
+                if _level(entry) >= logging.ERROR or text not in self._said:
+                    self._said.add(text)
+                    self._print(text)
             elif self.live and (event is None or self.done % 500 == 0):
                 self._draw()
 

@@ -93,6 +93,24 @@ def test_progress_off_a_terminal_prints_the_line_once():
     assert len(lines) == 2 and lines[1].startswith("    0/2 partitions, ") and "\r" not in out.getvalue()
 
 
+def test_progress_prints_a_warning_once_per_stage_and_every_error():
+    """A stage of one run per origin logs the same caveat in each run: it is printed once; an
+    error is printed each time; the next stage prints its own warnings again."""
+    out = io.StringIO()
+    progress = cli.Progress(out=out, live=False)
+    stage = cli.Stage("walk_forward_reports", ("walk_forward_reports",), "origin")
+    for _ in range(2):
+        progress.begin(stage, [cli.StageRun(o, {}, 1) for o in ("2020", "2021")])
+        for level in (logging.WARNING, logging.WARNING, logging.ERROR, logging.ERROR):
+            progress.on_event(_log("garch beta^180 > 1e-3", level, "walk_forward_reports"))
+        progress.on_event(_log("another caveat", logging.WARNING, "walk_forward_reports"))
+        progress.end()
+    text = out.getvalue()
+    assert text.count("warning [walk_forward_reports]: garch beta^180 > 1e-3") == 2  # once per stage
+    assert text.count("error [walk_forward_reports]: garch beta^180 > 1e-3") == 4
+    assert text.count("warning [walk_forward_reports]: another caveat") == 2
+
+
 def test_ppo_seeds_run_as_ranges_of_seed_partitions(monkeypatch):
     """Every (origin, seed) of a profile that trains all seed partitions in one run (its seeds
     share the worker processes); a profile with fewer seeds one run per origin; the fixed

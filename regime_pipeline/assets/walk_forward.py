@@ -125,13 +125,13 @@ def walk_forward_probabilities(
     stitched over origins, every day from the first origin on has a probability no model saw."""
     parts, records = [], []
     bars, members = _on_universe(daily_bars, universe)
-    for origin in _origins(context):
-        labelers = wf.Labelers.from_dict(json.loads(wf.labelers_path(storage.models_dir, origin).read_text()))
-        with warnings_to_log(context):
+    with warnings_to_log(context):  # once for all origins, not once per origin
+        for origin in _origins(context):
+            labelers = wf.Labelers.from_dict(json.loads(wf.labelers_path(storage.models_dir, origin).read_text()))
             data = wf.origin_data(labelers, bars, trend_features, cross_features, members)
-        parts.append(wf.probabilities(data, storage.models_dir))
-        records.append(wf.model_records(storage.models_dir, origin))
-        context.log.info(f"origin {origin}: {len(parts[-1])} rows")
+            parts.append(wf.probabilities(data, storage.models_dir))
+            records.append(wf.model_records(storage.models_dir, origin))
+            context.log.info(f"origin {origin}: {len(parts[-1])} rows")
     frame = pd.concat(parts, ignore_index=True)
     bad = wf.unseen_violations(frame, pd.concat(records, ignore_index=True))
     counts = frame.groupby(["origin", "target"]).agg(rows=("date", "size"), first=("date", "min"), last=("date", "max"),
