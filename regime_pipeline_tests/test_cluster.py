@@ -76,6 +76,11 @@ def cluster_home(home: Path, dagster_url: str) -> Path:
     config["storage"]["postgres"]["postgres_url"] = dagster_url
     home.mkdir(parents=True)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    # The deployment's one-time step (README, "How to start it"): the pool's limit set explicitly,
+    # so that two runs using the pool for the first time do not both insert its default limit
+    # (Dagster's Postgres storage fails the second with a UniqueViolation, dagster-io/dagster #33552).
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.event_log_storage.set_concurrency_slots("warehouse", config["concurrency"]["pools"]["default_limit"])
     return home
 
 
